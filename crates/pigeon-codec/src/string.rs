@@ -1,0 +1,87 @@
+//! `ByteStr`: an MQTT UTF-8 string held as a `Bytes` view, checked once when it is made.
+//!
+//! Invariant: the bytes are valid UTF-8 with no U+0000 (MQTT-1.5.4-1, MQTT-1.5.4-2). Cloning is a
+//! reference-count increment, so topics and client ids travel through the broker without copies.
+//! This is the one module allowed `unsafe`: `as_str` skips re-validating what `from_utf8` checked.
+
+use bytes::Bytes;
+use std::fmt;
+use std::ops::Deref;
+
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteStr(Bytes);
+
+impl ByteStr {
+    /// Checks `bytes` against the MQTT string rules; `None` if they break one.
+    pub fn from_utf8(bytes: Bytes) -> Option<ByteStr> {
+        let s = std::str::from_utf8(&bytes).ok()?;
+        if s.contains('\0') {
+            return None;
+        }
+        Some(ByteStr(bytes))
+    }
+
+    pub fn from_static(s: &'static str) -> ByteStr {
+        ByteStr(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[allow(unsafe_code)]
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks (or starts from) valid UTF-8, and `Bytes` is immutable,
+        // so the check is not repeated on every access (topics are read on every routed message).
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl From<&str> for ByteStr {
+    /// Copies `s`. A string with U+0000 keeps it; the encoder writes it as it is, so only build
+    /// `ByteStr`s this way from text the program controls.
+    fn from(s: &str) -> ByteStr {
+        ByteStr(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for ByteStr {
+    fn from(s: String) -> ByteStr {
+        ByteStr(Bytes::from(s))
+    }
+}
+
+impl Deref for ByteStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for ByteStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for ByteStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for ByteStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for ByteStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
