@@ -1,1 +1,21 @@
+//! Broker semantics without sockets.
+//!
+//! # Layout
+//! - `message`: `Message`, the shared immutable form of a PUBLISH, and `Delivery`, its trip to one
+//!   session.
+//! - `subscriptions`: the subscription index (a topic-level trie) with shared subscriptions.
+//! - `retain`: the retained-message store (a trie searched by filter).
+//! - `session`: one client's session state, its bounded queue and in-flight window.
+//! - `broker`: the registry of sessions, takeover, wills, expiry, and the router.
+//! - `stats`: counters.
 
+pub mod broker;
+pub mod message;
+pub mod retain;
+pub mod session;
+pub mod stats;
+pub mod subscriptions;
+
+pub use broker::{Broker, BrokerSettings, ConnectionHandle, Control, Departure, SubscribeResult};
+pub use message::{Delivery, Message};
+pub use session::{Enqueued, OutStage, Outgoing, QueueLimits, Session, SessionId, NEVER_EXPIRES};

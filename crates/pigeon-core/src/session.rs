@@ -1,0 +1,213 @@
+//! A session: what the broker keeps for one client id between and during its connections.
+//!
+//! It owns the client's subscriptions (the record of truth; the index only points here), the
+//! queue of deliveries not yet sent, the outgoing messages in flight, the incoming QoS 2 packet
+//! ids awaiting PUBREL, and a pending will. The connection attached to the session drains the
+//! queue; the router fills it from any thread. The state sits behind a `std::sync::Mutex`: it is
+//! held only for short, non-async sections (never across `.await`), and each session has its own,
+//! so publishers contend only when they deliver to the same client at the same instant.
+
+use crate::message::{Delivery, Message};
+use pigeon_codec::{ByteStr, QoS, SubscriptionOptions};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+pub type SessionId = u64;
+
+/// Session Expiry Interval meaning "never" (5.0 section 3.1.2.11.2), also used for 3.1.1
+/// sessions with clean session off.
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// How much a session may hold waiting beyond its in-flight window.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    /// Queue QoS 0 messages while the client is offline.
+    pub queue_qos0: bool,
+}
+
+/// What `Session::enqueue` did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Queued after evicting the oldest queued QoS 0 message to make room.
+    QueuedEvictedQos0,
+    /// QoS 0 for an offline client that does not queue QoS 0.
+    DroppedOffline,
+    /// The queue is at its limit and holds no QoS 0 message to evict.
+    DroppedFull,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscriptionRecord {
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+}
+
+/// Where an outgoing QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutStage {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// QoS 2: PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub stage: OutStage,
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    /// Full filter text (with any `$share/group/` prefix) to its options.
+    pub subscriptions: HashMap<ByteStr, SubscriptionRecord>,
+    pub queue: VecDeque<Delivery>,
+    pub queued_bytes: usize,
+    /// Sent and unacknowledged, in the order they were first sent (the resend order,
+    /// MQTT-4.4.0-1).
+    pub inflight: VecDeque<Outgoing>,
+    next_packet_id: u16,
+    /// Incoming QoS 2 packet ids for which PUBREC was sent and PUBREL not yet received.
+    pub incoming_qos2: HashSet<u16>,
+    /// Seconds; 0 ends the session with its connection.
+    pub expiry_interval: u32,
+    /// Counts attachments, so timers set while detached can tell a reconnect happened.
+    pub generation: u64,
+    /// A will waiting out its Will Delay Interval.
+    pub pending_will: Option<Arc<Message>>,
+    /// Deliveries dropped because the queue was full or the client offline.
+    pub dropped: u64,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    id: SessionId,
+    client_id: ByteStr,
+    connected: AtomicBool,
+    state: Mutex<SessionState>,
+    /// Wakes the attached connection when the queue goes from empty to not empty.
+    notify: Notify,
+}
+
+impl Session {
+    pub fn new(id: SessionId, client_id: ByteStr, expiry_interval: u32) -> Session {
+        Session {
+            id,
+            client_id,
+            connected: AtomicBool::new(false),
+            state: Mutex::new(SessionState {
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                inflight: VecDeque::new(),
+                next_packet_id: 1,
+                incoming_qos2: HashSet::new(),
+                expiry_interval,
+                generation: 0,
+                pending_will: None,
+                dropped: 0,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn client_id(&self) -> &ByteStr {
+        &self.client_id
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+    }
+
+    /// Locks the state. Never hold the guard across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        // A panic while holding the lock leaves plain data behind, still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves when the router has queued something for this session.
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Queues a delivery under the limits. When the queue is full, a QoS 0 newcomer is dropped;
+    /// a QoS 1/2 newcomer evicts the oldest queued QoS 0 message, or is dropped if there is none
+    /// (the same outcome mosquitto's `max_queued_messages` gives, with QoS 0 sacrificed first).
+    pub fn enqueue(&self, delivery: Delivery, limits: &QueueLimits) -> Enqueued {
+        if delivery.qos == QoS::AtMostOnce && !limits.queue_qos0 && !self.is_connected() {
+            self.lock().dropped += 1;
+            return Enqueued::DroppedOffline;
+        }
+        let weight = delivery.message.weight();
+        let mut state = self.lock();
+        let mut outcome = Enqueued::Queued;
+        if state.queue.len() >= limits.max_messages || state.queued_bytes + weight > limits.max_bytes {
+            let evictable = if delivery.qos == QoS::AtMostOnce {
+                None
+            } else {
+                state.queue.iter().position(|d| d.qos == QoS::AtMostOnce)
+            };
+            let Some(pos) = evictable else {
+                state.dropped += 1;
+                return Enqueued::DroppedFull;
+            };
+            let evicted = state.queue.remove(pos).expect("position found above");
+            state.queued_bytes -= evicted.message.weight();
+            state.dropped += 1;
+            outcome = Enqueued::QueuedEvictedQos0;
+        }
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(delivery);
+        state.queued_bytes += weight;
+        drop(state);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        outcome
+    }
+}
+
+impl SessionState {
+    /// Takes the next waiting delivery, keeping the byte count right.
+    pub fn pop_queued(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.message.weight();
+        Some(d)
+    }
+
+    /// A packet identifier not used by any message in flight (MQTT-2.2.1-3).
+    pub fn next_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.iter().any(|o| o.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Removes and returns the in-flight entry for `packet_id` at `stage`.
+    pub fn take_inflight(&mut self, packet_id: u16, stage: OutStage) -> Option<Outgoing> {
+        // Acknowledgements nearly always arrive in order, so the front is checked first.
+        let pos = self.inflight.iter().position(|o| o.packet_id == packet_id && o.stage == stage)?;
+        self.inflight.remove(pos)
+    }
+
+    pub fn inflight_mut(&mut self, packet_id: u16) -> Option<&mut Outgoing> {
+        self.inflight.iter_mut().find(|o| o.packet_id == packet_id)
+    }
+}

@@ -1,0 +1,249 @@
+//! The subscription index: a trie of topic levels that finds every filter matching a topic.
+//!
+//! Matching walks one path per literal level plus the `+` and `#` branches, so its cost grows with
+//! the topic's depth and the number of matching filters, never with the number of filters that do
+//! not match. It owns no session state: entries point at sessions, which own their subscriptions'
+//! record of truth. Invariants: a (filter, share group, session) triple appears at most once;
+//! empty nodes are pruned on removal, so the trie's size follows the live subscriptions.
+
+use crate::session::{Session, SessionId};
+use pigeon_codec::SubscriptionOptions;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub session: Arc<Session>,
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+}
+
+/// The members of one `$share/<group>/<filter>`; each message goes to one of them.
+#[derive(Debug, Default)]
+pub struct SharedGroup {
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// Round robin, preferring members whose client is connected; an offline member is chosen
+    /// only when none is connected (its session queues the message).
+    pub fn pick(&self) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.members[(start + i) % n])
+            .find(|s| s.session.is_connected())
+            .or_else(|| self.members.get(start % n))
+    }
+
+    pub fn members(&self) -> &[Subscriber] {
+        &self.members
+    }
+}
+
+/// One match found while walking the trie.
+pub enum Match<'a> {
+    Single(&'a Subscriber),
+    Shared(&'a SharedGroup),
+}
+
+#[derive(Debug, Default)]
+struct Leaf {
+    subscribers: HashMap<SessionId, Subscriber>,
+    shared: HashMap<Box<str>, SharedGroup>,
+}
+
+impl Leaf {
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.shared.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    plus: Option<Box<Node>>,
+    /// Subscribers of `<path to here>/#`.
+    hash: Option<Box<Leaf>>,
+    /// Subscribers of exactly `<path to here>`.
+    exact: Option<Box<Leaf>>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.plus.is_none() && self.hash.is_none() && self.exact.is_none()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SubscriptionIndex {
+    root: Node,
+    len: usize,
+}
+
+/// Splits off the first level of `rest`: `None` once the topic is exhausted.
+fn next_level(rest: Option<&str>) -> Option<(&str, Option<&str>)> {
+    let rest = rest?;
+    Some(match rest.split_once('/') {
+        Some((level, tail)) => (level, Some(tail)),
+        None => (rest, None),
+    })
+}
+
+impl SubscriptionIndex {
+    pub fn new() -> SubscriptionIndex {
+        SubscriptionIndex::default()
+    }
+
+    /// Number of (filter, group, session) entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds or replaces `sub` under `filter` (a valid plain filter; `group` for `$share/group/`).
+    /// Returns true if the session already had this subscription.
+    pub fn insert(&mut self, filter: &str, group: Option<&str>, sub: Subscriber) -> bool {
+        let leaf = Self::leaf_mut(&mut self.root, filter);
+        let existed = match group {
+            None => leaf.subscribers.insert(sub.session.id(), sub).is_some(),
+            Some(g) => {
+                let group = leaf.shared.entry(g.into()).or_default();
+                let id = sub.session.id();
+                match group.members.iter_mut().find(|m| m.session.id() == id) {
+                    Some(m) => {
+                        *m = sub;
+                        true
+                    }
+                    None => {
+                        group.members.push(sub);
+                        false
+                    }
+                }
+            }
+        };
+        if !existed {
+            self.len += 1;
+        }
+        existed
+    }
+
+    fn leaf_mut<'a>(root: &'a mut Node, filter: &str) -> &'a mut Leaf {
+        let mut node = root;
+        let mut rest = Some(filter);
+        while let Some((level, tail)) = next_level(rest) {
+            match level {
+                "#" => return node.hash.get_or_insert_with(Default::default),
+                "+" => node = node.plus.get_or_insert_with(Default::default),
+                _ => node = node.children.entry(level.into()).or_default(),
+            }
+            rest = tail;
+        }
+        node.exact.get_or_insert_with(Default::default)
+    }
+
+    /// Removes the session's subscription; true if there was one.
+    pub fn remove(&mut self, filter: &str, group: Option<&str>, session: SessionId) -> bool {
+        let removed = Self::remove_in(&mut self.root, Some(filter), group, session);
+        if removed {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    fn remove_in(node: &mut Node, rest: Option<&str>, group: Option<&str>, session: SessionId) -> bool {
+        let Some((level, tail)) = next_level(rest) else {
+            return Self::remove_from_leaf(&mut node.exact, group, session);
+        };
+        match level {
+            "#" => Self::remove_from_leaf(&mut node.hash, group, session),
+            "+" => {
+                let Some(child) = node.plus.as_mut() else { return false };
+                let removed = Self::remove_in(child, tail, group, session);
+                if child.is_empty() {
+                    node.plus = None;
+                }
+                removed
+            }
+            _ => {
+                let Some(child) = node.children.get_mut(level) else { return false };
+                let removed = Self::remove_in(child, tail, group, session);
+                if child.is_empty() {
+                    node.children.remove(level);
+                }
+                removed
+            }
+        }
+    }
+
+    fn remove_from_leaf(slot: &mut Option<Box<Leaf>>, group: Option<&str>, session: SessionId) -> bool {
+        let Some(leaf) = slot.as_mut() else { return false };
+        let removed = match group {
+            None => leaf.subscribers.remove(&session).is_some(),
+            Some(g) => match leaf.shared.get_mut(g) {
+                None => false,
+                Some(grp) => {
+                    let before = grp.members.len();
+                    grp.members.retain(|m| m.session.id() != session);
+                    let removed = grp.members.len() != before;
+                    if grp.members.is_empty() {
+                        leaf.shared.remove(g);
+                    }
+                    removed
+                }
+            },
+        };
+        if leaf.is_empty() {
+            *slot = None;
+        }
+        removed
+    }
+
+    /// Calls `f` for every subscription whose filter matches `topic` (a valid topic name), once per
+    /// matching filter: a session with overlapping filters is reported once for each.
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(Match<'a>)) {
+        // MQTT-4.7.2-1: filters starting with a wildcard do not match topics starting with '$'.
+        let dollar = topic.starts_with('$');
+        Self::walk(&self.root, Some(topic), true, dollar, &mut f);
+    }
+
+    fn walk<'a>(node: &'a Node, rest: Option<&str>, at_root: bool, dollar: bool, f: &mut impl FnMut(Match<'a>)) {
+        let wildcards_allowed = !(at_root && dollar);
+        if wildcards_allowed {
+            if let Some(leaf) = &node.hash {
+                Self::emit(leaf, f);
+            }
+        }
+        let Some((level, tail)) = next_level(rest) else {
+            if let Some(leaf) = &node.exact {
+                Self::emit(leaf, f);
+            }
+            return;
+        };
+        if let Some(child) = node.children.get(level) {
+            Self::walk(child, tail, false, dollar, f);
+        }
+        if wildcards_allowed {
+            if let Some(child) = &node.plus {
+                Self::walk(child, tail, false, dollar, f);
+            }
+        }
+    }
+
+    fn emit<'a>(leaf: &'a Leaf, f: &mut impl FnMut(Match<'a>)) {
+        for sub in leaf.subscribers.values() {
+            f(Match::Single(sub));
+        }
+        for group in leaf.shared.values() {
+            f(Match::Shared(group));
+        }
+    }
+}

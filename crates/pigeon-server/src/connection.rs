@@ -1,0 +1,751 @@
+//! One client connection: CONNECT, then the packet loop, then the will and the session's fate.
+//!
+//! The task owns the socket halves, the read and write buffers, the decoder and the state that
+//! lives only as long as the connection (topic aliases, keep alive, the client's limits). Session
+//! state that outlives it (queue, in flight, QoS 2 ids) sits in `pigeon_core::Session`. The loop's
+//! read state lives in the struct, so a `select!` arm that loses the race loses nothing. Replies
+//! and deliveries are encoded into one write buffer and flushed together: many packets, one
+//! syscall.
+
+use crate::config::Config;
+use bytes::{Buf, BytesMut};
+use pigeon_codec::{
+    encode, encode_publish_head, publish_head_len, topic, ByteStr, ConnAck, ConnAckProperties,
+    Connect, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet, Protocol, PubResp, Publish,
+    PublishHead, PublishProperties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use pigeon_core::{Broker, ConnectionHandle, Control, Departure, Message, OutStage, Outgoing, Session, NEVER_EXPIRES};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Duration, Instant};
+use tracing::{debug, info, warn, Span};
+
+/// Stop taking deliveries from the session queue while this much is waiting to be written: a
+/// slow reader then backs up into its bounded session queue, not into our memory.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Bytes the read buffer keeps free before each read.
+const READ_RESERVE: usize = 8 * 1024;
+/// How long a closing connection may spend flushing its last packets.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every connection task shares: the broker and the configuration.
+pub(crate) struct Shared {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) config: Config,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, broker: Arc<Broker>) -> Shared {
+        Shared { broker, config }
+    }
+}
+
+/// Why the packet loop ended.
+struct Close {
+    /// Sent in a 5.0 DISCONNECT when set.
+    reason: Option<ReasonCode>,
+    departure: Departure,
+}
+
+impl Close {
+    fn error(reason: ReasonCode) -> Close {
+        Close { reason: Some(reason), departure: Departure::WithWill }
+    }
+}
+
+/// Runs one connection to its end. Errors are logged here, with the span's peer and client id.
+pub(crate) async fn serve<S>(socket: S, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let stats = &shared.broker.stats;
+    stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+    let current = stats.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
+    let (reader, writer) = tokio::io::split(socket);
+    let limits = &shared.config.limits;
+    let mut io = Io {
+        reader,
+        writer,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(4096),
+        decoder: Decoder::new(limits.max_packet_size),
+    };
+    let timeout = Duration::from_secs(limits.connect_timeout);
+    let connect = tokio::select! {
+        r = tokio::time::timeout(timeout, io.read_packet()) => r,
+        _ = shutdown.changed() => { stats.connections_current.fetch_sub(1, Ordering::Relaxed); return; }
+    };
+    let connect = match connect {
+        Err(_) => {
+            debug!("no CONNECT within {} s; closing", timeout.as_secs());
+            None
+        }
+        Ok(Ok(Some(Packet::Connect(c)))) => Some(c),
+        Ok(Ok(Some(other))) => {
+            warn!(packet = other.name(), "first packet was not CONNECT [MQTT-3.1.0-1]; closing");
+            None
+        }
+        Ok(Ok(None)) => None,
+        Ok(Err(ReadError::Io(e))) => {
+            debug!(error = %e, "connection lost before CONNECT");
+            None
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            refuse_bad_connect(&mut io, &e).await;
+            None
+        }
+    };
+    if let Some(connect) = connect {
+        let over_limit = current > limits.max_connections as u64;
+        run_client(io, *connect, peer, &shared, shutdown, over_limit).await;
+    }
+    stats.connections_current.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A CONNECT that failed to decode: answer what the specification asks, then close.
+async fn refuse_bad_connect<S: AsyncRead + AsyncWrite>(io: &mut Io<S>, e: &DecodeError) {
+    warn!(error = %e, "refusing CONNECT");
+    match e {
+        // MQTT-3.1.2-2: an unsupported level gets return code 1 (0x84 in 5.0, but a client that
+        // sent an unknown level cannot be assumed to read 5.0) and the connection closes.
+        DecodeError::UnsupportedProtocolVersion(_) => {
+            let ack = ConnAck { code: ReasonCode::V3_UNACCEPTABLE_PROTOCOL_VERSION, ..Default::default() };
+            encode(&Packet::ConnAck(ack), Protocol::V3_1_1, &mut io.wbuf);
+            io.flush_best_effort().await;
+        }
+        // A 5.0 CONNECT that is malformed gets a CONNACK with the reason (MQTT-4.13.1-1 allows it).
+        _ if io.decoder.protocol() == Some(Protocol::V5) => {
+            let ack = ConnAck { code: e.reason_code(), ..Default::default() };
+            encode(&Packet::ConnAck(ack), Protocol::V5, &mut io.wbuf);
+            io.flush_best_effort().await;
+        }
+        _ => {}
+    }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Decode(DecodeError),
+}
+
+/// The socket halves and buffers.
+struct Io<S> {
+    reader: ReadHalf<S>,
+    writer: WriteHalf<S>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: Decoder,
+}
+
+impl<S: AsyncRead + AsyncWrite> Io<S> {
+    /// Reads until one packet is whole; `Ok(None)` at end of stream.
+    async fn read_packet(&mut self) -> Result<Option<Packet>, ReadError> {
+        loop {
+            if let Some(p) = self.decoder.decode(&mut self.rbuf).map_err(ReadError::Decode)? {
+                return Ok(Some(p));
+            }
+            self.rbuf.reserve(READ_RESERVE);
+            match self.reader.read_buf(&mut self.rbuf).await {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+
+    /// Writes what is buffered, bounded in time; a peer that does not read loses the rest.
+    async fn flush_best_effort(&mut self) {
+        let flush = async {
+            while !self.wbuf.is_empty() {
+                match self.writer.write(&self.wbuf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => self.wbuf.advance(n),
+                }
+            }
+            let _ = self.writer.flush().await;
+            let _ = self.writer.shutdown().await;
+        };
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
+    }
+}
+
+/// The connected client's per-connection state.
+struct Client<'a, S> {
+    io: Io<S>,
+    shared: &'a Shared,
+    broker: &'a Arc<Broker>,
+    protocol: Protocol,
+    client_id: ByteStr,
+    session: Arc<Session>,
+    connection_id: u64,
+    /// Will message and its delay in seconds.
+    will: Option<(Arc<Message>, u32)>,
+    /// 0: no keep alive.
+    keep_alive: Duration,
+    last_received: Instant,
+    session_expiry: u32,
+    /// Our outgoing in-flight window: min(client's Receive Maximum, max_inflight).
+    send_window: usize,
+    client_max_packet: u32,
+    client_alias_max: u16,
+    out_aliases: HashMap<ByteStr, u16>,
+    in_aliases: Vec<Option<ByteStr>>,
+}
+
+async fn run_client<S>(
+    mut io: Io<S>,
+    connect: Connect,
+    peer: SocketAddr,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+    over_limit: bool,
+) where
+    S: AsyncRead + AsyncWrite + Send,
+{
+    let protocol = connect.protocol;
+    let config = &shared.config;
+    let broker = &shared.broker;
+    let refuse = |io: &mut Io<S>, code: ReasonCode| {
+        let code = if protocol.is_v5() { code } else { code.to_v3_connack() };
+        encode(&Packet::ConnAck(ConnAck { session_present: false, code, properties: Default::default() }), protocol, &mut io.wbuf);
+    };
+
+    if over_limit {
+        warn!(limit = config.limits.max_connections, "refusing connection: max_connections reached");
+        refuse(&mut io, ReasonCode::QUOTA_EXCEEDED);
+        io.flush_best_effort().await;
+        return;
+    }
+    if connect.properties.authentication_method.is_some() {
+        warn!(client_id = %connect.client_id, "refusing CONNECT: enhanced authentication is not supported");
+        refuse(&mut io, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        io.flush_best_effort().await;
+        return;
+    }
+
+    // Client identifier (MQTT-3.1.3-6..8; 5.0 3.1.3.1).
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if protocol == Protocol::V3_1 || (!connect.clean_start && protocol == Protocol::V3_1_1) {
+            warn!("refusing CONNECT: empty client id without clean session [MQTT-3.1.3-8]");
+            refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            io.flush_best_effort().await;
+            return;
+        }
+        let id = ByteStr::from(assign_client_id(broker.next_connection_id()));
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+    Span::current().record("client_id", client_id.as_str());
+
+    // Keep alive: 5.0 clients are told the server's value; 3.x clients asking more than the
+    // maximum are refused, as mosquitto does (they have no way to learn another value).
+    let max_ka = config.limits.max_keepalive;
+    let mut server_keep_alive = None;
+    let mut keep_alive = connect.keep_alive;
+    if max_ka > 0 && (keep_alive == 0 || keep_alive > max_ka) {
+        if protocol.is_v5() {
+            keep_alive = max_ka;
+            server_keep_alive = Some(max_ka);
+        } else {
+            warn!(keep_alive, max_keepalive = max_ka, "refusing CONNECT: keep alive above max_keepalive");
+            refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            io.flush_best_effort().await;
+            return;
+        }
+    }
+
+    // Session expiry: 3.x clean session off means "until the client cleans it".
+    let requested_expiry = match protocol {
+        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+        _ if connect.clean_start => 0,
+        _ => NEVER_EXPIRES,
+    };
+    let session_expiry = requested_expiry.min(config.mqtt.max_session_expiry);
+
+    let will = connect.will.as_ref().map(|w| {
+        let p = &w.properties;
+        let properties = PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            content_type: p.content_type.clone(),
+            ..Default::default()
+        };
+        let msg = Message::new(w.topic.clone(), w.payload.clone(), w.qos, w.retain, properties, Some(client_id.clone()));
+        (Arc::new(msg), p.will_delay_interval.unwrap_or(0))
+    });
+    if let Some((w, _)) = &will {
+        if w.retain && !config.mqtt.retain_available {
+            refuse(&mut io, ReasonCode::RETAIN_NOT_SUPPORTED);
+            io.flush_best_effort().await;
+            return;
+        }
+    }
+
+    let connection_id = broker.next_connection_id();
+    let (control_tx, mut control_rx) = mpsc::channel(4);
+    let handle = ConnectionHandle { id: connection_id, control: control_tx };
+    let (session, present) = broker.attach(client_id.clone(), connect.clean_start, session_expiry, handle).await;
+
+    let max_inflight = usize::from(config.limits.max_inflight);
+    let receive_max = usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX));
+    let mut client = Client {
+        io,
+        shared,
+        broker,
+        protocol,
+        client_id: client_id.clone(),
+        session,
+        connection_id,
+        will,
+        keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
+        last_received: Instant::now(),
+        session_expiry,
+        send_window: receive_max.min(max_inflight),
+        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+        client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        out_aliases: HashMap::new(),
+        in_aliases: vec![None; usize::from(config.mqtt.topic_alias_maximum)],
+    };
+
+    let mut properties = ConnAckProperties::default();
+    if protocol.is_v5() {
+        properties.receive_maximum = Some(config.limits.max_inflight);
+        properties.maximum_packet_size = Some(config.limits.max_packet_size);
+        if config.mqtt.topic_alias_maximum > 0 {
+            properties.topic_alias_maximum = Some(config.mqtt.topic_alias_maximum);
+        }
+        if !config.mqtt.retain_available {
+            properties.retain_available = Some(false);
+        }
+        properties.assigned_client_identifier = assigned;
+        properties.server_keep_alive = server_keep_alive;
+        if session_expiry != requested_expiry {
+            properties.session_expiry_interval = Some(session_expiry);
+        }
+    }
+    let ack = ConnAck { session_present: present, code: ReasonCode::SUCCESS, properties };
+    encode(&Packet::ConnAck(ack), protocol, &mut client.io.wbuf);
+    info!(%peer, protocol = protocol.level(), clean_start = connect.clean_start, keep_alive, session_present = present, "client connected");
+
+    client.resend_inflight();
+    let close = client.run(&mut control_rx, &mut shutdown).await;
+    client.finish(close).await;
+    // The control receiver is dropped only now, after `detach`: a connection taking over this
+    // session waits for exactly that.
+    drop(control_rx);
+}
+
+/// An identifier for a client that sent none: unique in this process and unlikely to collide
+/// across restarts.
+fn assign_client_id(n: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("pigeon-{n:x}-{nanos:08x}")
+}
+
+impl<S> Client<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Send,
+{
+    async fn run(&mut self, control: &mut mpsc::Receiver<Control>, shutdown: &mut watch::Receiver<bool>) -> Close {
+        let keep_alive = self.keep_alive;
+        let sleep = tokio::time::sleep(if keep_alive.is_zero() { Duration::from_secs(86_400) } else { keep_alive });
+        tokio::pin!(sleep);
+        let session = Arc::clone(&self.session);
+        loop {
+            self.drain_queue();
+            let io = &mut self.io;
+            tokio::select! {
+                biased;
+                c = control.recv() => {
+                    let Some(Control::Disconnect(reason)) = c else { continue };
+                    info!(reason = %reason, "closing connection at the broker's request");
+                    return Close { reason: Some(reason), departure: Departure::WithWill };
+                }
+                _ = shutdown.changed() => {
+                    return Close { reason: Some(ReasonCode::SERVER_SHUTTING_DOWN), departure: Departure::Shutdown };
+                }
+                r = io.writer.write(&io.wbuf), if !io.wbuf.is_empty() => match r {
+                    Ok(0) => return Close { reason: None, departure: Departure::WithWill },
+                    Ok(n) => io.wbuf.advance(n),
+                    Err(e) => {
+                        debug!(error = %e, "write failed");
+                        return Close { reason: None, departure: Departure::WithWill };
+                    }
+                },
+                r = read_more(&mut io.reader, &mut io.rbuf) => match r {
+                    Ok(0) => {
+                        info!("connection closed by the client without DISCONNECT");
+                        return Close { reason: None, departure: Departure::WithWill };
+                    }
+                    Ok(_) => {
+                        self.last_received = Instant::now();
+                        if let Err(close) = self.handle_input() {
+                            return close;
+                        }
+                    }
+                    Err(e) => {
+                        info!(error = %e, "connection lost");
+                        return Close { reason: None, departure: Departure::WithWill };
+                    }
+                },
+                _ = session.notified() => {}
+                _ = &mut sleep, if !keep_alive.is_zero() => {
+                    let deadline = self.last_received + keep_alive;
+                    if Instant::now() >= deadline {
+                        info!(keep_alive_ms = keep_alive.as_millis() as u64, "keep alive timed out");
+                        return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                    }
+                    sleep.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every whole packet in the read buffer.
+    fn handle_input(&mut self) -> Result<(), Close> {
+        loop {
+            let packet = match self.io.decoder.decode(&mut self.io.rbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    warn!(error = %e, reason = %e.reason_code(), "malformed input; closing");
+                    return Err(Close::error(e.reason_code()));
+                }
+            };
+            self.handle(packet)?;
+        }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(r) => {
+                self.session.lock().take_inflight(r.packet_id, OutStage::Published);
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                self.on_pubrec(r);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                let known = self.session.lock().incoming_qos2.remove(&r.packet_id);
+                let reason = if known || !self.protocol.is_v5() { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+                self.send(&Packet::PubComp(PubResp { packet_id: r.packet_id, reason, properties: Default::default() }));
+                Ok(())
+            }
+            Packet::PubComp(r) => {
+                self.session.lock().take_inflight(r.packet_id, OutStage::Released);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
+            Packet::Connect(_) => {
+                warn!("second CONNECT [MQTT-3.1.0-2]; closing");
+                Err(Close::error(ReasonCode::PROTOCOL_ERROR))
+            }
+            Packet::Auth(_) => {
+                warn!("AUTH without an authentication method in CONNECT; closing");
+                Err(Close::error(ReasonCode::PROTOCOL_ERROR))
+            }
+            other => {
+                warn!(packet = other.name(), "a client may not send this packet; closing");
+                Err(Close::error(ReasonCode::PROTOCOL_ERROR))
+            }
+        }
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+        let config = &self.shared.config;
+        // Topic alias (5.0 section 3.3.2.3.4).
+        if let Some(alias) = p.properties.topic_alias {
+            let slot = usize::from(alias).checked_sub(1).filter(|i| *i < self.in_aliases.len());
+            let Some(slot) = slot else {
+                warn!(alias, max = self.in_aliases.len(), "topic alias out of range [MQTT-3.3.2-9]; closing");
+                return Err(Close::error(ReasonCode::TOPIC_ALIAS_INVALID));
+            };
+            if p.topic.is_empty() {
+                match &self.in_aliases[slot] {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        warn!(alias, "topic alias used before it was set; closing");
+                        return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
+                    }
+                }
+            } else {
+                self.in_aliases[slot] = Some(p.topic.clone());
+            }
+        }
+        if p.retain && !config.mqtt.retain_available {
+            warn!(topic = %p.topic, "retained PUBLISH while retain is not available; closing");
+            return Err(Close::error(ReasonCode::RETAIN_NOT_SUPPORTED));
+        }
+        if p.topic.split('/').count() > config.limits.max_topic_levels {
+            warn!(topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
+            return Err(Close::error(ReasonCode::TOPIC_NAME_INVALID));
+        }
+        let qos = p.qos;
+        let packet_id = p.packet_id;
+        if qos == QoS::ExactlyOnce {
+            let mut state = self.session.lock();
+            if state.incoming_qos2.contains(&packet_id) {
+                // A resent PUBLISH whose PUBREC was lost: acknowledge again, route nothing
+                // (exactly once, MQTT-4.3.3-10).
+                drop(state);
+                self.send(&Packet::PubRec(PubResp { packet_id, ..Default::default() }));
+                return Ok(());
+            }
+            if state.incoming_qos2.len() >= usize::from(config.limits.max_inflight) && self.protocol.is_v5() {
+                warn!(max = config.limits.max_inflight, "client exceeded our Receive Maximum [MQTT-3.3.4-8]; closing");
+                return Err(Close::error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+            }
+            state.incoming_qos2.insert(packet_id);
+        }
+        let mut reason = ReasonCode::SUCCESS;
+        if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+            warn!(topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
+            reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
+        } else if p.topic.starts_with("$SYS/") || p.topic.as_str() == "$SYS" {
+            debug!(topic = %p.topic, "clients may not publish to $SYS; ignored");
+        } else {
+            let message = Message::new(p.topic, p.payload, qos, p.retain, p.properties, Some(self.client_id.clone()));
+            let routed = self.broker.publish(Arc::new(message));
+            if routed == 0 && self.protocol.is_v5() {
+                reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+            }
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResp { packet_id, reason, properties: Default::default() })),
+            QoS::ExactlyOnce => {
+                if reason.is_error() {
+                    // A refused QoS 2 message ends its exchange here (MQTT-4.3.3-?); no PUBREL comes.
+                    self.session.lock().incoming_qos2.remove(&packet_id);
+                }
+                self.send(&Packet::PubRec(PubResp { packet_id, reason, properties: Default::default() }))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_pubrec(&mut self, r: PubResp) {
+        let mut state = self.session.lock();
+        let known = match state.inflight_mut(r.packet_id) {
+            Some(o) if o.stage == OutStage::Published && o.delivery.qos == QoS::ExactlyOnce => {
+                if r.reason.is_error() {
+                    // The receiver refused it: the exchange ends (MQTT-4.3.3-? 5.0 4.3.3).
+                    state.take_inflight(r.packet_id, OutStage::Published);
+                    return;
+                }
+                o.stage = OutStage::Released;
+                true
+            }
+            Some(o) => o.stage == OutStage::Released,
+            None => false,
+        };
+        drop(state);
+        let reason = if known || !self.protocol.is_v5() { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+        self.send(&Packet::PubRel(PubResp { packet_id: r.packet_id, reason, properties: Default::default() }));
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let id = s.properties.subscription_identifier;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for (filter, options) in &s.filters {
+            let shared = topic::parse_shared(filter).is_some();
+            if shared && options.no_local && self.protocol.is_v5() {
+                warn!(filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
+                return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
+            }
+            if filter.split('/').count() > self.shared.config.limits.max_topic_levels {
+                warn!(filter = %filter, "filter has too many levels; refused");
+                codes.push(if self.protocol.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
+            }
+            let result = self.broker.subscribe(&self.session, filter, *options, id);
+            debug!(filter = %filter, qos = options.qos as u8, "subscribed");
+            codes.push(result.code);
+        }
+        self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, return_codes: codes, properties: Default::default() }));
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let existed = self.broker.unsubscribe(&self.session, filter);
+            codes.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+        }
+        if !self.protocol.is_v5() {
+            codes.clear();
+        }
+        self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, reason_codes: codes, properties: Default::default() }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Close {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            // MQTT-3.14.2-2: a session that was to end with the connection cannot be extended here.
+            if self.session_expiry == 0 && expiry != 0 {
+                warn!("DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]; closing");
+                return Close::error(ReasonCode::PROTOCOL_ERROR);
+            }
+            let expiry = expiry.min(self.shared.config.mqtt.max_session_expiry);
+            self.session_expiry = expiry;
+            self.session.lock().expiry_interval = expiry;
+        }
+        let departure = if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE { Departure::WithWill } else { Departure::Normal };
+        info!(reason = %d.reason, "client disconnected");
+        Close { reason: None, departure }
+    }
+
+    /// After CONNACK on a resumed session: resend every unacknowledged PUBLISH with DUP and every
+    /// PUBREL, in their original order (MQTT-4.4.0-1).
+    fn resend_inflight(&mut self) {
+        let session = Arc::clone(&self.session);
+        let state = session.lock();
+        let now = Instant::now();
+        for o in &state.inflight {
+            match o.stage {
+                OutStage::Published => {
+                    self.write_publish(o, true, now);
+                }
+                OutStage::Released => encode(
+                    &Packet::PubRel(PubResp { packet_id: o.packet_id, ..Default::default() }),
+                    self.protocol,
+                    &mut self.io.wbuf,
+                ),
+            }
+        }
+    }
+
+    /// Moves deliveries from the session queue into the write buffer, as far as the in-flight
+    /// window and the write high-water mark allow.
+    fn drain_queue(&mut self) {
+        if self.io.wbuf.len() >= WRITE_HIGH_WATER {
+            return;
+        }
+        let session = Arc::clone(&self.session);
+        let mut state = session.lock();
+        if state.queue.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut sent = 0u64;
+        while self.io.wbuf.len() < WRITE_HIGH_WATER {
+            match state.queue.front() {
+                None => break,
+                // Order is kept: a QoS 0 message behind a full window waits too.
+                Some(d) if d.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window => break,
+                Some(_) => {}
+            }
+            let delivery = state.pop_queued().expect("front checked above");
+            if delivery.message.is_expired(now) {
+                continue;
+            }
+            let packet_id = if delivery.qos == QoS::AtMostOnce { 0 } else { state.next_packet_id() };
+            let out = Outgoing { packet_id, delivery, stage: OutStage::Published };
+            if !self.write_publish(&out, false, now) {
+                continue;
+            }
+            sent += 1;
+            if out.delivery.qos != QoS::AtMostOnce {
+                state.inflight.push_back(out);
+            }
+        }
+        drop(state);
+        self.broker.stats.messages_sent.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Encodes one outgoing PUBLISH. False if it exceeds the client's Maximum Packet Size, in
+    /// which case it is dropped for this client (MQTT-3.1.2-25).
+    fn write_publish(&mut self, out: &Outgoing, dup: bool, now: Instant) -> bool {
+        let d = &out.delivery;
+        let m = &d.message;
+        let v5 = self.protocol.is_v5();
+        let mut topic: &str = &m.topic;
+        let mut alias = None;
+        if v5 && self.client_alias_max > 0 {
+            match self.out_aliases.get(&m.topic) {
+                Some(&a) => {
+                    alias = Some(a);
+                    topic = "";
+                }
+                None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
+                    let a = self.out_aliases.len() as u16 + 1;
+                    self.out_aliases.insert(m.topic.clone(), a);
+                    alias = Some(a);
+                }
+                None => {}
+            }
+        }
+        let head = PublishHead {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id: out.packet_id,
+            properties: &m.properties,
+            topic_alias: alias,
+            message_expiry_interval: if v5 { m.remaining_expiry(now) } else { None },
+            subscription_identifiers: if v5 { &d.subscription_ids } else { &[] },
+            payload_len: m.payload.len(),
+        };
+        if v5 && publish_head_len(&head, self.protocol) > self.client_max_packet as usize {
+            if topic.is_empty() {
+                // Alias just assigned for a packet we do not send: the client never learned it.
+            } else if alias.is_some() {
+                self.out_aliases.remove(&m.topic);
+            }
+            debug!(topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
+            self.broker.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        encode_publish_head(&head, self.protocol, &mut self.io.wbuf);
+        self.io.wbuf.extend_from_slice(&m.payload);
+        true
+    }
+
+    /// Encodes a control packet. Acknowledgements carry no reason string or user property, so
+    /// Request Problem Information 0 (MQTT-3.1.2-29) holds without a check here.
+    fn send(&mut self, packet: &Packet) {
+        encode(packet, self.protocol, &mut self.io.wbuf);
+    }
+
+    /// Ends the connection: DISCONNECT (5.0) if there is a reason, flush, then the will and the
+    /// session through `detach`.
+    async fn finish(mut self, close: Close) {
+        if let (Some(reason), true) = (close.reason, self.protocol.is_v5()) {
+            let d = Disconnect { reason, properties: DisconnectProperties::default() };
+            encode(&Packet::Disconnect(d), self.protocol, &mut self.io.wbuf);
+        }
+        self.io.flush_best_effort().await;
+        let will = self.will.take();
+        self.broker.detach(&self.session, self.connection_id, close.departure, will);
+    }
+}
+
+/// Reads more bytes into `rbuf`. Cancel-safe: `read_buf` either reads or leaves `rbuf` untouched.
+async fn read_more<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) -> std::io::Result<usize> {
+    rbuf.reserve(READ_RESERVE);
+    reader.read_buf(rbuf).await
+}
