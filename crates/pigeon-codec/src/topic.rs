@@ -90,11 +90,30 @@ mod tests {
             assert!(valid_topic_name(ok), "{ok}");
             assert!(valid_topic_filter(ok), "{ok}");
         }
-        for f in ["a/+", "#", "+", "+/+/#", "a/#", "$share/g/a/+", "$share/g/#"] {
+        for f in [
+            "a/+",
+            "#",
+            "+",
+            "+/+/#",
+            "a/#",
+            "$share/g/a/+",
+            "$share/g/#",
+        ] {
             assert!(!valid_topic_name(f), "{f}");
             assert!(valid_topic_filter(f), "{f}");
         }
-        for bad in ["", "a/#/b", "a#", "a+", "+a/b", "#/", "$share/g", "$share//a", "$share/g+/a", "$share/g/"] {
+        for bad in [
+            "",
+            "a/#/b",
+            "a#",
+            "a+",
+            "+a/b",
+            "#/",
+            "$share/g",
+            "$share//a",
+            "$share/g+/a",
+            "$share/g/",
+        ] {
             assert!(!valid_topic_filter(bad), "{bad}");
         }
     }
@@ -103,7 +122,11 @@ mod tests {
     fn matching_follows_the_specification_examples() {
         let cases = [
             ("sport/tennis/player1/#", "sport/tennis/player1", true),
-            ("sport/tennis/player1/#", "sport/tennis/player1/ranking", true),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/ranking",
+                true,
+            ),
             ("sport/#", "sport", true),
             ("#", "a/b/c", true),
             ("sport/tennis/+", "sport/tennis/player1", true),
