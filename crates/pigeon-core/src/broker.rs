@@ -8,9 +8,11 @@
 
 use crate::message::{Delivery, Message};
 use crate::retain::RetainedStore;
-use crate::session::{Enqueued, QueueLimits, Session, SessionId, SubscriptionRecord, NEVER_EXPIRES};
+use crate::session::{
+    Enqueued, QueueLimits, Session, SessionId, SubscriptionRecord, NEVER_EXPIRES,
+};
 use crate::stats::Stats;
-use crate::subscriptions::{Match, SubscriptionIndex, Subscriber};
+use crate::subscriptions::{Match, Subscriber, SubscriptionIndex};
 use pigeon_codec::topic::parse_shared;
 use pigeon_codec::{ByteStr, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use std::collections::HashMap;
@@ -32,7 +34,11 @@ pub struct BrokerSettings {
 impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
-            queue: QueueLimits { max_messages: 1000, max_bytes: 16 << 20, queue_qos0: false },
+            queue: QueueLimits {
+                max_messages: 1000,
+                max_bytes: 16 << 20,
+                queue_qos0: false,
+            },
             retain_available: true,
             takeover_timeout: Duration::from_secs(5),
         }
@@ -159,20 +165,39 @@ impl Broker {
         loop {
             let existing = {
                 let mut registry = lock(&self.registry);
-                let live = registry.get(&client_id).and_then(|slot| slot.connection.clone());
+                let live = registry
+                    .get(&client_id)
+                    .and_then(|slot| slot.connection.clone());
                 match live {
                     Some(old) => old,
-                    None => return self.attach_locked(&mut registry, client_id, clean_start, expiry_interval, connection),
+                    None => {
+                        return self.attach_locked(
+                            &mut registry,
+                            client_id,
+                            clean_start,
+                            expiry_interval,
+                            connection,
+                        )
+                    }
                 }
             };
             info!(client_id = %client_id, old_connection = existing.id, "session taken over by a new connection");
             // A full control channel means the old connection is already closing.
-            let _ = existing.control.try_send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
-            if tokio::time::timeout(self.settings.takeover_timeout, existing.control.closed()).await.is_err() {
+            let _ = existing
+                .control
+                .try_send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
+            if tokio::time::timeout(self.settings.takeover_timeout, existing.control.closed())
+                .await
+                .is_err()
+            {
                 warn!(client_id = %client_id, old_connection = existing.id, "taken-over connection did not close in time; detaching it");
                 let mut registry = lock(&self.registry);
                 if let Some(slot) = registry.get_mut(&client_id) {
-                    if slot.connection.as_ref().is_some_and(|c| c.id == existing.id) {
+                    if slot
+                        .connection
+                        .as_ref()
+                        .is_some_and(|c| c.id == existing.id)
+                    {
                         slot.connection = None;
                         slot.session.set_connected(false);
                     }
@@ -213,7 +238,13 @@ impl Broker {
             state.pending_will = None;
         }
         session.set_connected(true);
-        registry.insert(client_id, Slot { session: session.clone(), connection: Some(connection) });
+        registry.insert(
+            client_id,
+            Slot {
+                session: session.clone(),
+                connection: Some(connection),
+            },
+        );
         if let Some(will) = will_to_publish {
             self.publish(will);
         }
@@ -249,7 +280,9 @@ impl Broker {
         will: Option<(Arc<Message>, u32)>,
     ) {
         let mut registry = lock(&self.registry);
-        let Some(slot) = registry.get_mut(session.client_id()) else { return };
+        let Some(slot) = registry.get_mut(session.client_id()) else {
+            return;
+        };
         if !Arc::ptr_eq(&slot.session, session) {
             // The session was replaced (clean start elsewhere); nothing of ours is left to do
             // except the will, which belongs to this connection.
@@ -261,7 +294,11 @@ impl Broker {
             }
             return;
         }
-        if slot.connection.as_ref().is_some_and(|c| c.id == connection_id) {
+        if slot
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.id == connection_id)
+        {
             slot.connection = None;
             session.set_connected(false);
         }
@@ -269,7 +306,11 @@ impl Broker {
             let state = session.lock();
             (state.expiry_interval, state.generation)
         };
-        let will = if departure == Departure::WithWill { will } else { None };
+        let will = if departure == Departure::WithWill {
+            will
+        } else {
+            None
+        };
         if expiry == 0 && departure != Departure::Shutdown {
             registry.remove(session.client_id());
             drop(registry);
@@ -351,7 +392,8 @@ impl Broker {
                     },
                 };
                 // MQTT-3.8.3-3: No Local keeps a client's own messages from it.
-                if sub.options.no_local && message.origin.as_ref() == Some(sub.session.client_id()) {
+                if sub.options.no_local && message.origin.as_ref() == Some(sub.session.client_id())
+                {
                     return;
                 }
                 let ids = sub.id.map(|id| vec![id]).unwrap_or_default();
@@ -396,14 +438,31 @@ impl Broker {
 
     /// Adds or replaces one subscription of `session`, then queues the retained messages its
     /// Retain Handling asks for. `filter` is valid (the codec checked it).
-    pub fn subscribe(&self, session: &Arc<Session>, filter: &ByteStr, options: SubscriptionOptions, id: Option<u32>) -> SubscribeResult {
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &ByteStr,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> SubscribeResult {
         let (group, plain) = split_filter(filter);
         let existed = {
             // The session's record and the index change together under the session lock, so a
             // concurrent end_session cannot leave an index entry behind.
             let mut state = session.lock();
-            let existed = state.subscriptions.insert(filter.clone(), SubscriptionRecord { options, id }).is_some();
-            write(&self.index).insert(plain, group, Subscriber { session: Arc::clone(session), options, id });
+            let existed = state
+                .subscriptions
+                .insert(filter.clone(), SubscriptionRecord { options, id })
+                .is_some();
+            write(&self.index).insert(
+                plain,
+                group,
+                Subscriber {
+                    session: Arc::clone(session),
+                    options,
+                    id,
+                },
+            );
             existed
         };
         let send_retained = group.is_none()
@@ -414,7 +473,8 @@ impl Broker {
             };
         if send_retained {
             let mut found = Vec::new();
-            read(&self.retained).for_each_match(plain, Instant::now(), |m| found.push(Arc::clone(m)));
+            read(&self.retained)
+                .for_each_match(plain, Instant::now(), |m| found.push(Arc::clone(m)));
             for message in found {
                 let delivery = Delivery {
                     qos: message.qos.min(options.qos),
@@ -451,7 +511,9 @@ impl Broker {
 
     /// The session of a client id, if there is one (for tests and the admin API).
     pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
-        lock(&self.registry).get(client_id).map(|s| Arc::clone(&s.session))
+        lock(&self.registry)
+            .get(client_id)
+            .map(|s| Arc::clone(&s.session))
     }
 
     /// Asks every connection to close with `reason`; used at shutdown.
@@ -474,7 +536,8 @@ impl Broker {
 /// Retain As Published if any match asks for it, and all identifiers.
 fn merge_overlapping(targets: &mut Vec<(Arc<Session>, SubscriptionOptions, Vec<u32>)>) {
     targets.sort_by_key(|(s, _, _)| s.id());
-    let mut merged: Vec<(Arc<Session>, SubscriptionOptions, Vec<u32>)> = Vec::with_capacity(targets.len());
+    let mut merged: Vec<(Arc<Session>, SubscriptionOptions, Vec<u32>)> =
+        Vec::with_capacity(targets.len());
     for (session, options, ids) in targets.drain(..) {
         match merged.last_mut() {
             Some((last, o, i)) if last.id() == session.id() => {

@@ -40,7 +40,15 @@ impl Message {
             .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
-        Message { topic, payload, qos, retain, properties, expires_at, origin }
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            expires_at,
+            origin,
+        }
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {

@@ -66,7 +66,9 @@ impl RetainedStore {
         match levels.next() {
             None => node.message.take().is_some(),
             Some(level) => {
-                let Some(child) = node.children.get_mut(level) else { return false };
+                let Some(child) = node.children.get_mut(level) else {
+                    return false;
+                };
                 let removed = Self::clear_in(child, levels);
                 if child.is_empty() {
                     node.children.remove(level);
@@ -83,7 +85,13 @@ impl RetainedStore {
         Self::walk(&self.root, &levels, true, now, &mut f);
     }
 
-    fn walk(node: &Node, levels: &[&str], at_root: bool, now: Instant, f: &mut impl FnMut(&Arc<Message>)) {
+    fn walk(
+        node: &Node,
+        levels: &[&str],
+        at_root: bool,
+        now: Instant,
+        f: &mut impl FnMut(&Arc<Message>),
+    ) {
         let Some((&level, rest)) = levels.split_first() else {
             if let Some(m) = &node.message {
                 if !m.is_expired(now) {

@@ -136,7 +136,9 @@ impl Session {
     /// Locks the state. Never hold the guard across an `.await`.
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {
         // A panic while holding the lock leaves plain data behind, still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Resolves when the router has queued something for this session.
@@ -155,7 +157,9 @@ impl Session {
         let weight = delivery.message.weight();
         let mut state = self.lock();
         let mut outcome = Enqueued::Queued;
-        if state.queue.len() >= limits.max_messages || state.queued_bytes + weight > limits.max_bytes {
+        if state.queue.len() >= limits.max_messages
+            || state.queued_bytes + weight > limits.max_bytes
+        {
             let evictable = if delivery.qos == QoS::AtMostOnce {
                 None
             } else {
@@ -203,7 +207,10 @@ impl SessionState {
     /// Removes and returns the in-flight entry for `packet_id` at `stage`.
     pub fn take_inflight(&mut self, packet_id: u16, stage: OutStage) -> Option<Outgoing> {
         // Acknowledgements nearly always arrive in order, so the front is checked first.
-        let pos = self.inflight.iter().position(|o| o.packet_id == packet_id && o.stage == stage)?;
+        let pos = self
+            .inflight
+            .iter()
+            .position(|o| o.packet_id == packet_id && o.stage == stage)?;
         self.inflight.remove(pos)
     }
 

@@ -76,7 +76,10 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.plus.is_none() && self.hash.is_none() && self.exact.is_none()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.exact.is_none()
     }
 }
 
@@ -159,14 +162,21 @@ impl SubscriptionIndex {
         removed
     }
 
-    fn remove_in(node: &mut Node, rest: Option<&str>, group: Option<&str>, session: SessionId) -> bool {
+    fn remove_in(
+        node: &mut Node,
+        rest: Option<&str>,
+        group: Option<&str>,
+        session: SessionId,
+    ) -> bool {
         let Some((level, tail)) = next_level(rest) else {
             return Self::remove_from_leaf(&mut node.exact, group, session);
         };
         match level {
             "#" => Self::remove_from_leaf(&mut node.hash, group, session),
             "+" => {
-                let Some(child) = node.plus.as_mut() else { return false };
+                let Some(child) = node.plus.as_mut() else {
+                    return false;
+                };
                 let removed = Self::remove_in(child, tail, group, session);
                 if child.is_empty() {
                     node.plus = None;
@@ -174,7 +184,9 @@ impl SubscriptionIndex {
                 removed
             }
             _ => {
-                let Some(child) = node.children.get_mut(level) else { return false };
+                let Some(child) = node.children.get_mut(level) else {
+                    return false;
+                };
                 let removed = Self::remove_in(child, tail, group, session);
                 if child.is_empty() {
                     node.children.remove(level);
@@ -184,8 +196,14 @@ impl SubscriptionIndex {
         }
     }
 
-    fn remove_from_leaf(slot: &mut Option<Box<Leaf>>, group: Option<&str>, session: SessionId) -> bool {
-        let Some(leaf) = slot.as_mut() else { return false };
+    fn remove_from_leaf(
+        slot: &mut Option<Box<Leaf>>,
+        group: Option<&str>,
+        session: SessionId,
+    ) -> bool {
+        let Some(leaf) = slot.as_mut() else {
+            return false;
+        };
         let removed = match group {
             None => leaf.subscribers.remove(&session).is_some(),
             Some(g) => match leaf.shared.get_mut(g) {
@@ -215,7 +233,13 @@ impl SubscriptionIndex {
         Self::walk(&self.root, Some(topic), true, dollar, &mut f);
     }
 
-    fn walk<'a>(node: &'a Node, rest: Option<&str>, at_root: bool, dollar: bool, f: &mut impl FnMut(Match<'a>)) {
+    fn walk<'a>(
+        node: &'a Node,
+        rest: Option<&str>,
+        at_root: bool,
+        dollar: bool,
+        f: &mut impl FnMut(Match<'a>),
+    ) {
         let wildcards_allowed = !(at_root && dollar);
         if wildcards_allowed {
             if let Some(leaf) = &node.hash {

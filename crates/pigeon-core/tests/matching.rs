@@ -4,14 +4,20 @@
 use bytes::Bytes;
 use pigeon_codec::{topic, ByteStr, PublishProperties, QoS, SubscriptionOptions};
 use pigeon_core::retain::RetainedStore;
-use pigeon_core::subscriptions::{Match, SubscriptionIndex, Subscriber};
+use pigeon_core::subscriptions::{Match, Subscriber, SubscriptionIndex};
 use pigeon_core::{Message, Session};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 fn level() -> impl Strategy<Value = String> {
-    prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("".to_string()), Just("$x".to_string()), Just("c".to_string())]
+    prop_oneof![
+        Just("a".to_string()),
+        Just("b".to_string()),
+        Just("".to_string()),
+        Just("$x".to_string()),
+        Just("c".to_string())
+    ]
 }
 
 fn topic_name() -> impl Strategy<Value = String> {

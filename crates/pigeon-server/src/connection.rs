@@ -11,10 +11,14 @@ use crate::config::Config;
 use bytes::{Buf, BytesMut};
 use pigeon_codec::{
     encode, encode_publish_head, publish_head_len, topic, ByteStr, ConnAck, ConnAckProperties,
-    Connect, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet, Protocol, PubResp, Publish,
-    PublishHead, PublishProperties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    Connect, DecodeError, Decoder, Disconnect, DisconnectProperties, Packet, Protocol, PubResp,
+    Publish, PublishHead, PublishProperties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
 };
-use pigeon_core::{Broker, ConnectionHandle, Control, Departure, Message, OutStage, Outgoing, Session, NEVER_EXPIRES};
+use pigeon_core::{
+    Broker, ConnectionHandle, Control, Departure, Message, OutStage, Outgoing, Session,
+    NEVER_EXPIRES,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -53,13 +57,20 @@ struct Close {
 
 impl Close {
     fn error(reason: ReasonCode) -> Close {
-        Close { reason: Some(reason), departure: Departure::WithWill }
+        Close {
+            reason: Some(reason),
+            departure: Departure::WithWill,
+        }
     }
 }
 
 /// Runs one connection to its end. Errors are logged here, with the span's peer and client id.
-pub(crate) async fn serve<S>(socket: S, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
-where
+pub(crate) async fn serve<S>(
+    socket: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let stats = &shared.broker.stats;
@@ -86,7 +97,10 @@ where
         }
         Ok(Ok(Some(Packet::Connect(c)))) => Some(c),
         Ok(Ok(Some(other))) => {
-            warn!(packet = other.name(), "first packet was not CONNECT [MQTT-3.1.0-1]; closing");
+            warn!(
+                packet = other.name(),
+                "first packet was not CONNECT [MQTT-3.1.0-1]; closing"
+            );
             None
         }
         Ok(Ok(None)) => None,
@@ -113,13 +127,19 @@ async fn refuse_bad_connect<S: AsyncRead + AsyncWrite>(io: &mut Io<S>, e: &Decod
         // MQTT-3.1.2-2: an unsupported level gets return code 1 (0x84 in 5.0, but a client that
         // sent an unknown level cannot be assumed to read 5.0) and the connection closes.
         DecodeError::UnsupportedProtocolVersion(_) => {
-            let ack = ConnAck { code: ReasonCode::V3_UNACCEPTABLE_PROTOCOL_VERSION, ..Default::default() };
+            let ack = ConnAck {
+                code: ReasonCode::V3_UNACCEPTABLE_PROTOCOL_VERSION,
+                ..Default::default()
+            };
             encode(&Packet::ConnAck(ack), Protocol::V3_1_1, &mut io.wbuf);
             io.flush_best_effort().await;
         }
         // A 5.0 CONNECT that is malformed gets a CONNACK with the reason (MQTT-4.13.1-1 allows it).
         _ if io.decoder.protocol() == Some(Protocol::V5) => {
-            let ack = ConnAck { code: e.reason_code(), ..Default::default() };
+            let ack = ConnAck {
+                code: e.reason_code(),
+                ..Default::default()
+            };
             encode(&Packet::ConnAck(ack), Protocol::V5, &mut io.wbuf);
             io.flush_best_effort().await;
         }
@@ -145,7 +165,11 @@ impl<S: AsyncRead + AsyncWrite> Io<S> {
     /// Reads until one packet is whole; `Ok(None)` at end of stream.
     async fn read_packet(&mut self) -> Result<Option<Packet>, ReadError> {
         loop {
-            if let Some(p) = self.decoder.decode(&mut self.rbuf).map_err(ReadError::Decode)? {
+            if let Some(p) = self
+                .decoder
+                .decode(&mut self.rbuf)
+                .map_err(ReadError::Decode)?
+            {
                 return Ok(Some(p));
             }
             self.rbuf.reserve(READ_RESERVE);
@@ -210,12 +234,27 @@ async fn run_client<S>(
     let config = &shared.config;
     let broker = &shared.broker;
     let refuse = |io: &mut Io<S>, code: ReasonCode| {
-        let code = if protocol.is_v5() { code } else { code.to_v3_connack() };
-        encode(&Packet::ConnAck(ConnAck { session_present: false, code, properties: Default::default() }), protocol, &mut io.wbuf);
+        let code = if protocol.is_v5() {
+            code
+        } else {
+            code.to_v3_connack()
+        };
+        encode(
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code,
+                properties: Default::default(),
+            }),
+            protocol,
+            &mut io.wbuf,
+        );
     };
 
     if over_limit {
-        warn!(limit = config.limits.max_connections, "refusing connection: max_connections reached");
+        warn!(
+            limit = config.limits.max_connections,
+            "refusing connection: max_connections reached"
+        );
         refuse(&mut io, ReasonCode::QUOTA_EXCEEDED);
         io.flush_best_effort().await;
         return;
@@ -254,7 +293,11 @@ async fn run_client<S>(
             keep_alive = max_ka;
             server_keep_alive = Some(max_ka);
         } else {
-            warn!(keep_alive, max_keepalive = max_ka, "refusing CONNECT: keep alive above max_keepalive");
+            warn!(
+                keep_alive,
+                max_keepalive = max_ka,
+                "refusing CONNECT: keep alive above max_keepalive"
+            );
             refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
             io.flush_best_effort().await;
             return;
@@ -280,7 +323,14 @@ async fn run_client<S>(
             content_type: p.content_type.clone(),
             ..Default::default()
         };
-        let msg = Message::new(w.topic.clone(), w.payload.clone(), w.qos, w.retain, properties, Some(client_id.clone()));
+        let msg = Message::new(
+            w.topic.clone(),
+            w.payload.clone(),
+            w.qos,
+            w.retain,
+            properties,
+            Some(client_id.clone()),
+        );
         (Arc::new(msg), p.will_delay_interval.unwrap_or(0))
     });
     if let Some((w, _)) = &will {
@@ -293,8 +343,18 @@ async fn run_client<S>(
 
     let connection_id = broker.next_connection_id();
     let (control_tx, mut control_rx) = mpsc::channel(4);
-    let handle = ConnectionHandle { id: connection_id, control: control_tx };
-    let (session, present) = broker.attach(client_id.clone(), connect.clean_start, session_expiry, handle).await;
+    let handle = ConnectionHandle {
+        id: connection_id,
+        control: control_tx,
+    };
+    let (session, present) = broker
+        .attach(
+            client_id.clone(),
+            connect.clean_start,
+            session_expiry,
+            handle,
+        )
+        .await;
 
     let max_inflight = usize::from(config.limits.max_inflight);
     let receive_max = usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX));
@@ -333,7 +393,11 @@ async fn run_client<S>(
             properties.session_expiry_interval = Some(session_expiry);
         }
     }
-    let ack = ConnAck { session_present: present, code: ReasonCode::SUCCESS, properties };
+    let ack = ConnAck {
+        session_present: present,
+        code: ReasonCode::SUCCESS,
+        properties,
+    };
     encode(&Packet::ConnAck(ack), protocol, &mut client.io.wbuf);
     info!(%peer, protocol = protocol.level(), clean_start = connect.clean_start, keep_alive, session_present = present, "client connected");
 
@@ -359,9 +423,17 @@ impl<S> Client<'_, S>
 where
     S: AsyncRead + AsyncWrite + Send,
 {
-    async fn run(&mut self, control: &mut mpsc::Receiver<Control>, shutdown: &mut watch::Receiver<bool>) -> Close {
+    async fn run(
+        &mut self,
+        control: &mut mpsc::Receiver<Control>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Close {
         let keep_alive = self.keep_alive;
-        let sleep = tokio::time::sleep(if keep_alive.is_zero() { Duration::from_secs(86_400) } else { keep_alive });
+        let sleep = tokio::time::sleep(if keep_alive.is_zero() {
+            Duration::from_secs(86_400)
+        } else {
+            keep_alive
+        });
         tokio::pin!(sleep);
         let session = Arc::clone(&self.session);
         loop {
@@ -433,7 +505,9 @@ where
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(r) => {
-                self.session.lock().take_inflight(r.packet_id, OutStage::Published);
+                self.session
+                    .lock()
+                    .take_inflight(r.packet_id, OutStage::Published);
                 Ok(())
             }
             Packet::PubRec(r) => {
@@ -442,12 +516,22 @@ where
             }
             Packet::PubRel(r) => {
                 let known = self.session.lock().incoming_qos2.remove(&r.packet_id);
-                let reason = if known || !self.protocol.is_v5() { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
-                self.send(&Packet::PubComp(PubResp { packet_id: r.packet_id, reason, properties: Default::default() }));
+                let reason = if known || !self.protocol.is_v5() {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(&Packet::PubComp(PubResp {
+                    packet_id: r.packet_id,
+                    reason,
+                    properties: Default::default(),
+                }));
                 Ok(())
             }
             Packet::PubComp(r) => {
-                self.session.lock().take_inflight(r.packet_id, OutStage::Released);
+                self.session
+                    .lock()
+                    .take_inflight(r.packet_id, OutStage::Released);
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
@@ -469,7 +553,10 @@ where
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
             other => {
-                warn!(packet = other.name(), "a client may not send this packet; closing");
+                warn!(
+                    packet = other.name(),
+                    "a client may not send this packet; closing"
+                );
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
         }
@@ -479,9 +566,15 @@ where
         let config = &self.shared.config;
         // Topic alias (5.0 section 3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias {
-            let slot = usize::from(alias).checked_sub(1).filter(|i| *i < self.in_aliases.len());
+            let slot = usize::from(alias)
+                .checked_sub(1)
+                .filter(|i| *i < self.in_aliases.len());
             let Some(slot) = slot else {
-                warn!(alias, max = self.in_aliases.len(), "topic alias out of range [MQTT-3.3.2-9]; closing");
+                warn!(
+                    alias,
+                    max = self.in_aliases.len(),
+                    "topic alias out of range [MQTT-3.3.2-9]; closing"
+                );
                 return Err(Close::error(ReasonCode::TOPIC_ALIAS_INVALID));
             };
             if p.topic.is_empty() {
@@ -512,23 +605,40 @@ where
                 // A resent PUBLISH whose PUBREC was lost: acknowledge again, route nothing
                 // (exactly once, MQTT-4.3.3-10).
                 drop(state);
-                self.send(&Packet::PubRec(PubResp { packet_id, ..Default::default() }));
+                self.send(&Packet::PubRec(PubResp {
+                    packet_id,
+                    ..Default::default()
+                }));
                 return Ok(());
             }
-            if state.incoming_qos2.len() >= usize::from(config.limits.max_inflight) && self.protocol.is_v5() {
-                warn!(max = config.limits.max_inflight, "client exceeded our Receive Maximum [MQTT-3.3.4-8]; closing");
+            if state.incoming_qos2.len() >= usize::from(config.limits.max_inflight)
+                && self.protocol.is_v5()
+            {
+                warn!(
+                    max = config.limits.max_inflight,
+                    "client exceeded our Receive Maximum [MQTT-3.3.4-8]; closing"
+                );
                 return Err(Close::error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
             }
             state.incoming_qos2.insert(packet_id);
         }
         let mut reason = ReasonCode::SUCCESS;
-        if p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
             warn!(topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
             reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
         } else if p.topic.starts_with("$SYS/") || p.topic.as_str() == "$SYS" {
             debug!(topic = %p.topic, "clients may not publish to $SYS; ignored");
         } else {
-            let message = Message::new(p.topic, p.payload, qos, p.retain, p.properties, Some(self.client_id.clone()));
+            let message = Message::new(
+                p.topic,
+                p.payload,
+                qos,
+                p.retain,
+                p.properties,
+                Some(self.client_id.clone()),
+            );
             let routed = self.broker.publish(Arc::new(message));
             if routed == 0 && self.protocol.is_v5() {
                 reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
@@ -536,13 +646,21 @@ where
         }
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResp { packet_id, reason, properties: Default::default() })),
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResp {
+                packet_id,
+                reason,
+                properties: Default::default(),
+            })),
             QoS::ExactlyOnce => {
                 if reason.is_error() {
                     // A refused QoS 2 message ends its exchange here (MQTT-4.3.3-?); no PUBREL comes.
                     self.session.lock().incoming_qos2.remove(&packet_id);
                 }
-                self.send(&Packet::PubRec(PubResp { packet_id, reason, properties: Default::default() }))
+                self.send(&Packet::PubRec(PubResp {
+                    packet_id,
+                    reason,
+                    properties: Default::default(),
+                }))
             }
         }
         Ok(())
@@ -564,8 +682,16 @@ where
             None => false,
         };
         drop(state);
-        let reason = if known || !self.protocol.is_v5() { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
-        self.send(&Packet::PubRel(PubResp { packet_id: r.packet_id, reason, properties: Default::default() }));
+        let reason = if known || !self.protocol.is_v5() {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubRel(PubResp {
+            packet_id: r.packet_id,
+            reason,
+            properties: Default::default(),
+        }));
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
@@ -579,14 +705,22 @@ where
             }
             if filter.split('/').count() > self.shared.config.limits.max_topic_levels {
                 warn!(filter = %filter, "filter has too many levels; refused");
-                codes.push(if self.protocol.is_v5() { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
+                codes.push(if self.protocol.is_v5() {
+                    ReasonCode::TOPIC_FILTER_INVALID
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
                 continue;
             }
             let result = self.broker.subscribe(&self.session, filter, *options, id);
             debug!(filter = %filter, qos = options.qos as u8, "subscribed");
             codes.push(result.code);
         }
-        self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, return_codes: codes, properties: Default::default() }));
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            return_codes: codes,
+            properties: Default::default(),
+        }));
         Ok(())
     }
 
@@ -594,28 +728,45 @@ where
         let mut codes = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
             let existed = self.broker.unsubscribe(&self.session, filter);
-            codes.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+            codes.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
         }
         if !self.protocol.is_v5() {
             codes.clear();
         }
-        self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, reason_codes: codes, properties: Default::default() }));
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            properties: Default::default(),
+        }));
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Close {
         if let Some(expiry) = d.properties.session_expiry_interval {
             // MQTT-3.14.2-2: a session that was to end with the connection cannot be extended here.
             if self.session_expiry == 0 && expiry != 0 {
-                warn!("DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]; closing");
+                warn!(
+                    "DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]; closing"
+                );
                 return Close::error(ReasonCode::PROTOCOL_ERROR);
             }
             let expiry = expiry.min(self.shared.config.mqtt.max_session_expiry);
             self.session_expiry = expiry;
             self.session.lock().expiry_interval = expiry;
         }
-        let departure = if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE { Departure::WithWill } else { Departure::Normal };
+        let departure = if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+            Departure::WithWill
+        } else {
+            Departure::Normal
+        };
         info!(reason = %d.reason, "client disconnected");
-        Close { reason: None, departure }
+        Close {
+            reason: None,
+            departure,
+        }
     }
 
     /// After CONNACK on a resumed session: resend every unacknowledged PUBLISH with DUP and every
@@ -630,7 +781,10 @@ where
                     self.write_publish(o, true, now);
                 }
                 OutStage::Released => encode(
-                    &Packet::PubRel(PubResp { packet_id: o.packet_id, ..Default::default() }),
+                    &Packet::PubRel(PubResp {
+                        packet_id: o.packet_id,
+                        ..Default::default()
+                    }),
                     self.protocol,
                     &mut self.io.wbuf,
                 ),
@@ -655,15 +809,25 @@ where
             match state.queue.front() {
                 None => break,
                 // Order is kept: a QoS 0 message behind a full window waits too.
-                Some(d) if d.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window => break,
+                Some(d) if d.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window => {
+                    break
+                }
                 Some(_) => {}
             }
             let delivery = state.pop_queued().expect("front checked above");
             if delivery.message.is_expired(now) {
                 continue;
             }
-            let packet_id = if delivery.qos == QoS::AtMostOnce { 0 } else { state.next_packet_id() };
-            let out = Outgoing { packet_id, delivery, stage: OutStage::Published };
+            let packet_id = if delivery.qos == QoS::AtMostOnce {
+                0
+            } else {
+                state.next_packet_id()
+            };
+            let out = Outgoing {
+                packet_id,
+                delivery,
+                stage: OutStage::Published,
+            };
             if !self.write_publish(&out, false, now) {
                 continue;
             }
@@ -673,7 +837,10 @@ where
             }
         }
         drop(state);
-        self.broker.stats.messages_sent.fetch_add(sent, Ordering::Relaxed);
+        self.broker
+            .stats
+            .messages_sent
+            .fetch_add(sent, Ordering::Relaxed);
     }
 
     /// Encodes one outgoing PUBLISH. False if it exceeds the client's Maximum Packet Size, in
@@ -717,7 +884,10 @@ where
                 self.out_aliases.remove(&m.topic);
             }
             debug!(topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
-            self.broker.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            self.broker
+                .stats
+                .messages_dropped
+                .fetch_add(1, Ordering::Relaxed);
             return false;
         }
         encode_publish_head(&head, self.protocol, &mut self.io.wbuf);
@@ -735,17 +905,24 @@ where
     /// session through `detach`.
     async fn finish(mut self, close: Close) {
         if let (Some(reason), true) = (close.reason, self.protocol.is_v5()) {
-            let d = Disconnect { reason, properties: DisconnectProperties::default() };
+            let d = Disconnect {
+                reason,
+                properties: DisconnectProperties::default(),
+            };
             encode(&Packet::Disconnect(d), self.protocol, &mut self.io.wbuf);
         }
         self.io.flush_best_effort().await;
         let will = self.will.take();
-        self.broker.detach(&self.session, self.connection_id, close.departure, will);
+        self.broker
+            .detach(&self.session, self.connection_id, close.departure, will);
     }
 }
 
 /// Reads more bytes into `rbuf`. Cancel-safe: `read_buf` either reads or leaves `rbuf` untouched.
-async fn read_more<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_more<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
     rbuf.reserve(READ_RESERVE);
     reader.read_buf(rbuf).await
 }

@@ -18,7 +18,10 @@ use tracing::{info, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read the address of a bound listener: {0}")]
     LocalAddr(std::io::Error),
 }
@@ -33,7 +36,12 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, Error> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let socket = TcpListener::bind(l.bind).await.map_err(|source| Error::Bind { addr: l.bind, source })?;
+            let socket = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: l.bind,
+                    source,
+                })?;
             let addr = socket.local_addr().map_err(Error::LocalAddr)?;
             info!(%addr, protocol = ?l.protocol, "listening");
             listeners.push(socket);
@@ -48,11 +56,17 @@ impl Server {
             ..BrokerSettings::default()
         };
         let broker = Broker::new(settings);
-        Ok(Server { listeners, shared: Arc::new(Shared::new(config, broker)) })
+        Ok(Server {
+            listeners,
+            shared: Arc::new(Shared::new(config, broker)),
+        })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     pub fn broker(&self) -> Arc<Broker> {
@@ -60,11 +74,19 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then closes every connection and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         for listener in self.listeners {
-            tokio::spawn(listener::accept_loop(listener, Arc::clone(&self.shared), stop_rx.clone(), alive_tx.clone()));
+            tokio::spawn(listener::accept_loop(
+                listener,
+                Arc::clone(&self.shared),
+                stop_rx.clone(),
+                alive_tx.clone(),
+            ));
         }
         let sweeper = {
             let broker = Arc::clone(&self.shared.broker);
@@ -84,7 +106,10 @@ impl Server {
         info!("shutting down: closing listeners and connections");
         let _ = stop_tx.send(true);
         // Every connection task holds a clone of `alive_tx`; recv() returns None once all ended.
-        if tokio::time::timeout(Duration::from_secs(10), alive_rx.recv()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), alive_rx.recv())
+            .await
+            .is_err()
+        {
             warn!("some connections did not close within 10 s");
         }
         let _ = sweeper.await;
