@@ -338,7 +338,9 @@ impl<'a> Reader<'a> {
 
     fn packet_id(&mut self) -> Result<u16> {
         match self.u16()? {
-            0 => Err(DecodeError::Protocol("packet identifier 0 [MQTT-2.2.1-3]")),
+            0 => Err(DecodeError::Protocol(
+                "packet identifier 0 [MQTT-2.2.1-3] (5.0), [MQTT-2.3.1-1] (3.1.1)",
+            )),
             id => Ok(id),
         }
     }
@@ -646,19 +648,19 @@ fn read_connect(r: &mut Reader<'_>) -> Result<Connect> {
     let has_username = flags & 0x80 != 0;
     if !will_flag && will_qos != 0 {
         return Err(DecodeError::Malformed(
-            "Will QoS set without the Will Flag [MQTT-3.1.2-11]",
+            "Will QoS set without the Will Flag [MQTT-3.1.2-11] (5.0)",
         ));
     }
     if !will_flag && will_retain {
         return Err(DecodeError::Malformed(
-            "Will Retain set without the Will Flag [MQTT-3.1.2-13]",
+            "Will Retain set without the Will Flag [MQTT-3.1.2-13] (5.0)",
         ));
     }
     let will_qos =
-        QoS::from_u8(will_qos).ok_or(DecodeError::Malformed("Will QoS 3 (section 3.1.2.6)"))?;
+        QoS::from_u8(will_qos).ok_or(DecodeError::Malformed("Will QoS 3 [MQTT-3.1.2-12] (5.0)"))?;
     if has_password && !has_username && !protocol.is_v5() {
         return Err(DecodeError::Protocol(
-            "Password Flag set without the User Name Flag [MQTT-3.1.2-22]",
+            "Password Flag set without the User Name Flag [MQTT-3.1.2-22] (3.1.1)",
         ));
     }
     let keep_alive = r.u16()?;
@@ -678,7 +680,7 @@ fn read_connect(r: &mut Reader<'_>) -> Result<Connect> {
         let topic = r.string()?;
         if !topic::valid_topic_name(&topic) {
             return Err(DecodeError::TopicNameInvalid(
-                "Will Topic is not a valid topic name [MQTT-3.1.3-11]",
+                "Will Topic empty or with wildcards (section 4.7)",
             ));
         }
         let payload = r.binary()?;
@@ -718,7 +720,7 @@ fn read_connack(r: &mut Reader<'_>, protocol: Protocol) -> Result<ConnAck> {
     let flags = r.u8()?;
     if flags & 0xFE != 0 {
         return Err(DecodeError::Malformed(
-            "reserved Connect Acknowledge Flags are not 0 [MQTT-3.2.2-1]",
+            "reserved Connect Acknowledge Flags are not 0 (section 3.2.2.1)",
         ));
     }
     let code = ReasonCode(r.u8()?);
@@ -806,7 +808,7 @@ fn read_subscribe(r: &mut Reader<'_>, protocol: Protocol) -> Result<Subscribe> {
     };
     if !r.has_more() {
         return Err(DecodeError::Protocol(
-            "SUBSCRIBE without a topic filter [MQTT-3.8.3-3]",
+            "SUBSCRIBE without a topic filter [MQTT-3.8.3-3] (3.1.1), [MQTT-3.8.3-2] (5.0)",
         ));
     }
     // Grows with what has arrived, never with a declared count.
@@ -837,11 +839,11 @@ fn read_subscription_options(byte: u8, protocol: Protocol) -> Result<Subscriptio
     if !protocol.is_v5() {
         if byte & 0xFC != 0 {
             return Err(DecodeError::Malformed(
-                "reserved bits in SUBSCRIBE requested QoS [MQTT-3.8.3-4]",
+                "reserved bits in SUBSCRIBE requested QoS [MQTT-3-8.3-4] (3.1.1)",
             ));
         }
         let qos = QoS::from_u8(byte).ok_or(DecodeError::Malformed(
-            "SUBSCRIBE requested QoS 3 [MQTT-3.8.3-4]",
+            "SUBSCRIBE requested QoS 3 [MQTT-3-8.3-4] (3.1.1)",
         ))?;
         return Ok(SubscriptionOptions {
             qos,
@@ -853,8 +855,9 @@ fn read_subscription_options(byte: u8, protocol: Protocol) -> Result<Subscriptio
             "reserved bits in Subscription Options [MQTT-3.8.3-5]",
         ));
     }
-    let qos = QoS::from_u8(byte & 0b11)
-        .ok_or(DecodeError::Protocol("Subscription Options Maximum QoS 3"))?;
+    let qos = QoS::from_u8(byte & 0b11).ok_or(DecodeError::Protocol(
+        "Subscription Options Maximum QoS 3 (section 3.8.3.1)",
+    ))?;
     let retain_handling = match (byte >> 4) & 0b11 {
         0 => RetainHandling::OnSubscribe,
         1 => RetainHandling::OnNewSubscribe,
@@ -881,7 +884,7 @@ fn read_suback(r: &mut Reader<'_>, protocol: Protocol) -> Result<SubAck> {
         let code = ReasonCode(r.u8()?);
         if !protocol.is_v5() && !matches!(code.0, 0 | 1 | 2 | 0x80) {
             return Err(DecodeError::Malformed(
-                "SUBACK return code other than 0, 1, 2, 0x80 [MQTT-3.9.3-2]",
+                "SUBACK return code other than 0, 1, 2, 0x80 [MQTT-3.9.3-2] (3.1.1)",
             ));
         }
         return_codes.push(code);
