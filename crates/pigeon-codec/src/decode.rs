@@ -678,9 +678,14 @@ fn read_connect(r: &mut Reader<'_>) -> Result<Connect> {
             WillProperties::default()
         };
         let topic = r.string()?;
+        if topic.is_empty() {
+            return Err(DecodeError::TopicNameInvalid(
+                "empty Will Topic [MQTT-4.7.3-1]",
+            ));
+        }
         if !topic::valid_topic_name(&topic) {
             return Err(DecodeError::TopicNameInvalid(
-                "Will Topic empty or with wildcards (section 4.7)",
+                "wildcard in the Will Topic (section 4.7.1)",
             ));
         }
         let payload = r.binary()?;
