@@ -2,12 +2,22 @@
 //!
 //! One TOML file (DESIGN.md "Contract"). With no file, `Config::default()` serves MQTT on
 //! 127.0.0.1:1883. With a file, its `[[listener]]` list is the complete list of listeners.
+//! Loading takes two passes over the text: serde into the typed `Config` (syntax, types, unknown
+//! keys), then `validate()` for rules on values. Errors of both passes name file, line, column
+//! and key; positions come from a second parse that keeps spans (`toml::de::DeTable`), so the
+//! typed structs carry none. `DEFAULT_CONFIG` is the commented example `pigeon default-config`
+//! prints; a test keeps it equal to `Config::default()` and complete.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default, rename = "listener")]
@@ -28,9 +38,10 @@ pub enum ListenerProtocol {
     Mqtt,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
+    #[serde(deserialize_with = "socket_addr")]
     pub bind: SocketAddr,
     #[serde(default = "default_protocol")]
     pub protocol: ListenerProtocol,
@@ -40,6 +51,16 @@ fn default_protocol() -> ListenerProtocol {
     ListenerProtocol::Mqtt
 }
 
+/// `SocketAddr`'s own message ("invalid socket address syntax") does not say what is expected.
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not an IP:port address, such as 127.0.0.1:1883 or [::1]:1883"
+        ))
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
@@ -47,7 +68,7 @@ pub enum StorageBackend {
     Memory,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     #[serde(default)]
@@ -55,7 +76,7 @@ pub struct StorageConfig {
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `None`: allowed only when every listener is on loopback.
@@ -63,7 +84,7 @@ pub struct AuthConfig {
 }
 
 /// Protocol behaviour that is a choice, not a limit.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// Retained messages are kept and delivered.
@@ -88,7 +109,7 @@ impl Default for MqttConfig {
 }
 
 /// Bounds. Every one has a default a user can live with.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest keep alive accepted, in seconds; 5.0 clients asking more get it as Server Keep Alive,
@@ -139,5 +160,773 @@ impl Default for Config {
             limits: Limits::default(),
             mqtt: MqttConfig::default(),
         }
+    }
+}
+
+/// Smallest `max_packet_size` accepted: room for a PUBLISH with a short topic and payload.
+pub const MIN_PACKET_SIZE: u32 = 16;
+/// Largest packet MQTT can express: 268,435,455 bytes of Remaining Length plus a 5-byte fixed
+/// header (5.0 Maximum Packet Size).
+pub const MAX_PACKET_SIZE: u32 = 268_435_460;
+/// Largest `connect_timeout`, in seconds; larger values only keep idle sockets open.
+pub const MAX_CONNECT_TIMEOUT: u64 = 3600;
+
+/// The commented example printed by `pigeon default-config`: every key with its default.
+pub const DEFAULT_CONFIG: &str = r#"# Pigeon configuration. Every key is listed with its default value; keys left out take
+# that default. Check a file with `pigeon check-config FILE`, serve with `pigeon --config FILE`.
+
+# MQTT listeners. With a config file this list is the complete list of listeners: repeat the
+# [[listener]] block once per address. At least one is required.
+[[listener]]
+# Address to listen on, as IP:port ("0.0.0.0:1883" for every IPv4 interface; port 0 picks a free port).
+bind = "127.0.0.1:1883"
+# Protocol spoken on the socket: "mqtt" (MQTT over TCP) is the only one so far.
+protocol = "mqtt"
+
+[storage]
+# Where sessions and retained messages live: "memory" (lost at restart) is the only backend so far.
+backend = "memory"
+# Data directory for a persistent backend; the memory backend does not use it. No default.
+# path = "./data"
+
+[auth]
+# Accept clients that send no username and password. When unset: accepted only if every
+# listener is on a loopback address.
+# allow_anonymous = true
+
+[limits]
+# Largest keep alive accepted, in seconds (5.0 clients asking more get this value; 3.1.1 clients
+# asking more, or 0, are refused). 0 means no limit.
+max_keepalive = 0
+# Seconds a new connection has to send CONNECT (1 to 3600).
+connect_timeout = 10
+# Largest packet accepted, in bytes, whole packet (16 to 268435460).
+max_packet_size = 1048576
+# Connections beyond this many are refused.
+max_connections = 1000000
+# QoS 1/2 messages in flight per client, each way (1 to 65535).
+max_inflight = 32
+# Messages waiting per session beyond those in flight.
+max_queued_messages = 1000
+# Payload bytes waiting per session beyond those in flight.
+max_queued_bytes = 16777216
+# Topics with more levels than this are refused.
+max_topic_levels = 128
+
+[mqtt]
+# Keep retained messages and deliver them to new subscribers.
+retain_available = true
+# Topic Alias Maximum announced to MQTT 5.0 clients (0 turns topic aliases off).
+topic_alias_maximum = 64
+# Largest session expiry interval granted, in seconds; larger requests are lowered to this.
+max_session_expiry = 4294967295
+# Queue QoS 0 messages for offline persistent sessions, as well as QoS 1 and 2.
+queue_qos0 = false
+"#;
+
+/// Why a configuration was refused. The `Display` form is the whole message for a user:
+/// `pigeon.toml:12:1: [limits] max_inflight: must be between 1 and 65535 (got 0)`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {}", path.display(), io_reason(source))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Not TOML, or TOML that does not fit the schema: unknown key, wrong type, missing key.
+    #[error("{location}: {}{}", key_prefix(key.as_deref()), source.message())]
+    Toml {
+        location: Location,
+        /// The key at fault, as `[section] key`, when the position falls on one.
+        key: Option<String>,
+        /// Boxed: the error holds the whole input text and would make every `Result` large.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// Well-formed, but a value breaks a rule: out of range, duplicate address, no listener.
+    #[error("{}{key}: {reason}", location_prefix(location.as_ref()))]
+    Invalid {
+        /// `None` when the `Config` was not read from text (`Config::validate` on a built value).
+        location: Option<Location>,
+        /// The key at fault, as `[section] key`.
+        key: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// Where the error is, when it came from a file or string.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Toml { location, .. } => Some(location),
+            ConfigError::Invalid { location, .. } => location.as_ref(),
+        }
+    }
+}
+
+/// A place in a configuration text: `origin:line:column`, 1-based, column in characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file name, or whatever name the caller gave the text.
+    pub origin: String,
+    /// `(line, column)`; `None` when the error has no position (a key that is absent).
+    pub position: Option<(usize, usize)>,
+}
+
+impl Location {
+    fn at(origin: &str, text: &str, offset: Option<usize>) -> Location {
+        Location {
+            origin: origin.to_owned(),
+            position: offset.map(|offset| line_col(text, offset)),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(f, "{}:{line}:{column}", self.origin),
+            None => f.write_str(&self.origin),
+        }
+    }
+}
+
+fn key_prefix(key: Option<&str>) -> String {
+    key.map(|key| format!("{key}: ")).unwrap_or_default()
+}
+
+fn location_prefix(location: Option<&Location>) -> String {
+    location
+        .map(|location| format!("{location}: "))
+        .unwrap_or_default()
+}
+
+/// `io::Error`'s text without the " (os error N)" suffix, which tells a user nothing more.
+fn io_reason(error: &io::Error) -> String {
+    let text = error.to_string();
+    match error.raw_os_error() {
+        Some(code) => match text.strip_suffix(&format!(" (os error {code})")) {
+            Some(stripped) => stripped.to_owned(),
+            None => text,
+        },
+        None => text,
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a TOML file. Errors name the file as `path` is written.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors (a file name, `<stdin>`).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| {
+            let offset = source.span().map(|span| span.start);
+            let key = offset.and_then(|offset| {
+                let doc = DeTable::parse(text).ok()?;
+                key_path_at(doc.get_ref(), offset).map(|path| path.to_string())
+            });
+            ConfigError::Toml {
+                location: Location::at(origin, text, offset),
+                key,
+                source: Box::new(source),
+            }
+        })?;
+        if let Err(problem) = config.check() {
+            let span = DeTable::parse(text)
+                .ok()
+                .and_then(|doc| span_of(doc.get_ref(), &problem.path.segments));
+            return Err(ConfigError::Invalid {
+                location: Some(Location::at(origin, text, span.map(|span| span.start))),
+                key: problem.path.to_string(),
+                reason: problem.reason,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Checks the rules serde cannot: ranges, duplicate listener addresses, at least one listener.
+    /// Returns the first problem, in file order (listeners, then sections).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|problem| ConfigError::Invalid {
+            location: None,
+            key: problem.path.to_string(),
+            reason: problem.reason,
+        })
+    }
+
+    fn check(&self) -> Result<(), Problem> {
+        if self.listeners.is_empty() {
+            return Err(Problem {
+                path: KeyPath::array_of_tables("listener"),
+                reason: "at least one listener is required; with a config file, its [[listener]] \
+                         list is the complete list (e.g. [[listener]] bind = \"127.0.0.1:1883\")"
+                    .to_owned(),
+            });
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let earlier = self.listeners[..i]
+                .iter()
+                .enumerate()
+                .find(|(_, other)| addresses_collide(other.bind, listener.bind));
+            if let Some((j, other)) = earlier {
+                let reason = if other.bind == listener.bind {
+                    format!("{} is already used by listener {}", listener.bind, j + 1)
+                } else {
+                    format!(
+                        "{} collides with {} of listener {} (same port, and one of them is every address)",
+                        listener.bind,
+                        other.bind,
+                        j + 1
+                    )
+                };
+                return Err(Problem::new(
+                    &[Key("listener"), Index(i), Key("bind")],
+                    reason,
+                ));
+            }
+        }
+
+        let limits = &self.limits;
+        between(
+            "connect_timeout",
+            limits.connect_timeout,
+            1,
+            MAX_CONNECT_TIMEOUT,
+        )?;
+        between(
+            "max_packet_size",
+            limits.max_packet_size,
+            MIN_PACKET_SIZE,
+            MAX_PACKET_SIZE,
+        )?;
+        at_least("max_connections", limits.max_connections, 1)?;
+        between("max_inflight", limits.max_inflight, 1, u16::MAX)?;
+        at_least("max_queued_messages", limits.max_queued_messages, 1)?;
+        at_least("max_topic_levels", limits.max_topic_levels, 1)?;
+        Ok(())
+    }
+}
+
+/// Two binds collide when the second would fail with "address in use": same port (not 0, which
+/// picks a free one) and same address, or an unspecified address of the same family.
+fn addresses_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn between<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), Problem> {
+    if value < min || value > max {
+        return Err(Problem::new(
+            &[Key("limits"), Key(key)],
+            format!("must be between {min} and {max} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
+fn at_least<T: PartialOrd + fmt::Display>(key: &str, value: T, min: T) -> Result<(), Problem> {
+    if value < min {
+        return Err(Problem::new(
+            &[Key("limits"), Key(key)],
+            format!("must be at least {min} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
+/// A rule broken by a typed `Config`, before it is tied to a position in a text.
+struct Problem {
+    path: KeyPath,
+    reason: String,
+}
+
+impl Problem {
+    fn new(path: &[Segment<&str>], reason: String) -> Problem {
+        Problem {
+            path: KeyPath {
+                segments: path.iter().map(Segment::to_owned).collect(),
+                kind: Kind::Value,
+            },
+            reason,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Segment<S> {
+    Key(S),
+    Index(usize),
+}
+use Segment::{Index, Key};
+
+impl Segment<&str> {
+    fn to_owned(&self) -> Segment<String> {
+        match *self {
+            Key(key) => Key(key.to_owned()),
+            Index(i) => Index(i),
+        }
+    }
+}
+
+/// What the last segment of a path names, which decides how it is written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Value,
+    Table,
+    ArrayOfTables,
+}
+
+/// A key's place in the document, written as a user finds it in the file: `[limits] max_inflight`,
+/// `[[listener]] bind`, `[storage]`, or a bare top-level key.
+#[derive(Debug, Clone)]
+struct KeyPath {
+    segments: Vec<Segment<String>>,
+    kind: Kind,
+}
+
+impl KeyPath {
+    fn array_of_tables(key: &str) -> KeyPath {
+        KeyPath {
+            segments: vec![Key(key.to_owned())],
+            kind: Kind::ArrayOfTables,
+        }
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Trailing array indexes of plain values (`x = [1, 2]`) say nothing a line number doesn't.
+        let mut segments = &self.segments[..];
+        if self.kind == Kind::Value {
+            while let [rest @ .., Index(_)] = segments {
+                segments = rest;
+            }
+        }
+        let (header, key) = match segments {
+            [rest @ .., Key(key)] if self.kind == Kind::Value => (rest, Some(key.as_str())),
+            _ => (segments, None),
+        };
+        let names: Vec<&str> = header
+            .iter()
+            .filter_map(|segment| match segment {
+                Key(key) => Some(key.as_str()),
+                Index(_) => None,
+            })
+            .collect();
+        if !names.is_empty() {
+            let array = self.kind == Kind::ArrayOfTables || matches!(header.last(), Some(Index(_)));
+            if array {
+                write!(f, "[[{}]]", names.join("."))?;
+            } else {
+                write!(f, "[{}]", names.join("."))?;
+            }
+            if key.is_some() {
+                f.write_str(" ")?;
+            }
+        }
+        if let Some(key) = key {
+            f.write_str(key)?;
+        }
+        Ok(())
+    }
+}
+
+/// The innermost key or table whose span holds `offset`. A `[table]`'s span is its header only,
+/// so the whole tree is searched, and the deepest hit wins.
+fn key_path_at(doc: &DeTable<'_>, offset: usize) -> Option<KeyPath> {
+    fn table(
+        table: &DeTable<'_>,
+        offset: usize,
+        path: &mut Vec<Segment<String>>,
+        best: &mut Option<KeyPath>,
+    ) {
+        for (key, value) in table.iter() {
+            path.push(Key(key.get_ref().to_string()));
+            if key.span().contains(&offset) || value.span().contains(&offset) {
+                *best = Some(KeyPath {
+                    segments: path.clone(),
+                    kind: kind_of(value.get_ref()),
+                });
+            }
+            inside(value, offset, path, best);
+            path.pop();
+        }
+    }
+    fn inside(
+        value: &Spanned<DeValue<'_>>,
+        offset: usize,
+        path: &mut Vec<Segment<String>>,
+        best: &mut Option<KeyPath>,
+    ) {
+        match value.get_ref() {
+            DeValue::Table(t) => table(t, offset, path, best),
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(Index(i));
+                    if item.span().contains(&offset) {
+                        *best = Some(KeyPath {
+                            segments: path.clone(),
+                            kind: kind_of(item.get_ref()),
+                        });
+                    }
+                    inside(item, offset, path, best);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    fn kind_of(value: &DeValue<'_>) -> Kind {
+        match value {
+            DeValue::Table(_) => Kind::Table,
+            DeValue::Array(items)
+                if items.first().is_some_and(|item| item.get_ref().is_table()) =>
+            {
+                Kind::ArrayOfTables
+            }
+            _ => Kind::Value,
+        }
+    }
+
+    let mut best = None;
+    table(doc, offset, &mut Vec::new(), &mut best);
+    best
+}
+
+/// The span of the last key on `path` (or of the array item, for a trailing index); `None` when
+/// the path is not in the document, e.g. a key left at its default.
+fn span_of(doc: &DeTable<'_>, path: &[Segment<String>]) -> Option<Range<usize>> {
+    let (first, rest) = path.split_first()?;
+    let Key(first) = first else { return None };
+    let (key, mut value) = doc.get_key_value(first.as_str())?;
+    let mut span = key.span();
+    for segment in rest {
+        match segment {
+            Key(name) => {
+                let DeValue::Table(table) = value.get_ref() else {
+                    return None;
+                };
+                let (key, next) = table.get_key_value(name.as_str())?;
+                span = key.span();
+                value = next;
+            }
+            Index(i) => {
+                let DeValue::Array(items) = value.get_ref() else {
+                    return None;
+                };
+                value = items.get(*i)?;
+                span = value.span();
+            }
+        }
+    }
+    Some(span)
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE_LISTENER: &str = "[[listener]]\nbind = \"127.0.0.1:1883\"\n";
+
+    fn error(text: &str) -> String {
+        Config::from_toml_str(text, "pigeon.toml")
+            .expect_err("the text is invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn default_config_parses_to_the_built_in_defaults() {
+        let parsed = Config::from_toml_str(DEFAULT_CONFIG, "default").expect("valid");
+        assert_eq!(parsed, Config::default());
+        Config::default().validate().expect("defaults are valid");
+    }
+
+    /// serde lists a section's fields when it refuses an unknown one; each must appear in
+    /// `DEFAULT_CONFIG`, set or commented out, so a field added to a struct is documented.
+    #[test]
+    fn default_config_lists_every_key() {
+        let sections = [
+            ("", "__probe = 1\n".to_owned()),
+            ("[[listener]]", format!("{ONE_LISTENER}__probe = 1\n")),
+            ("[storage]", "[storage]\n__probe = 1\n".to_owned()),
+            ("[auth]", "[auth]\n__probe = 1\n".to_owned()),
+            ("[limits]", "[limits]\n__probe = 1\n".to_owned()),
+            ("[mqtt]", "[mqtt]\n__probe = 1\n".to_owned()),
+        ];
+        for (section, text) in sections {
+            let message = error(&text);
+            let (_, expected) = message
+                .split_once("expected")
+                .expect("serde lists the fields");
+            let fields: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            assert!(!fields.is_empty(), "{message}");
+            for field in fields {
+                let listed = if section.is_empty() {
+                    DEFAULT_CONFIG.contains(&format!("[{field}]"))
+                        || DEFAULT_CONFIG.contains(&format!("[[{field}]]"))
+                } else {
+                    let body = DEFAULT_CONFIG
+                        .split_once(&format!("\n{section}\n"))
+                        .expect("section present")
+                        .1;
+                    let body = body.split("\n[").next().expect("split yields one part");
+                    body.lines().any(|line| {
+                        let line = line.trim_start_matches("# ");
+                        line.starts_with(&format!("{field} = "))
+                    })
+                };
+                assert!(listed, "{section} {field} is missing from DEFAULT_CONFIG");
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let text = r#"
+[[listener]]
+bind = "0.0.0.0:1883"
+
+[[listener]]
+bind = "[::1]:1884"
+protocol = "mqtt"
+
+[storage]
+backend = "memory"
+path = "/var/lib/pigeon"
+
+[auth]
+allow_anonymous = false
+
+[limits]
+max_inflight = 100
+connect_timeout = 5
+
+[mqtt]
+queue_qos0 = true
+"#;
+        let config = Config::from_toml_str(text, "pigeon.toml").expect("valid");
+        assert_eq!(config.listeners.len(), 2);
+        assert_eq!(
+            config.listeners[1].bind,
+            "[::1]:1884".parse().expect("address")
+        );
+        assert_eq!(config.storage.path, Some(PathBuf::from("/var/lib/pigeon")));
+        assert_eq!(config.auth.allow_anonymous, Some(false));
+        assert_eq!(config.limits.max_inflight, 100);
+        assert_eq!(config.limits.connect_timeout, 5);
+        assert_eq!(
+            config.limits.max_packet_size,
+            Limits::default().max_packet_size
+        );
+        assert!(config.mqtt.queue_qos0);
+    }
+
+    #[test]
+    fn unknown_top_level_key_names_line_and_key() {
+        let text = format!("# comment\nbnd = 1\n{ONE_LISTENER}");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:2:1: bnd: unknown field `bnd`, expected one of `listener`, `storage`, \
+             `auth`, `limits`, `mqtt`"
+        );
+    }
+
+    #[test]
+    fn unknown_nested_key_names_line_and_key() {
+        let text = "[[listener]]\nbnd = \"127.0.0.1:1883\"\n";
+        assert_eq!(
+            error(text),
+            "pigeon.toml:2:1: [[listener]] bnd: unknown field `bnd`, expected `bind` or `protocol`"
+        );
+        let text = format!("{ONE_LISTENER}[limits]\n  max_inflght = 3\n");
+        let message = error(&text);
+        assert!(
+            message
+                .starts_with("pigeon.toml:4:3: [limits] max_inflght: unknown field `max_inflght`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let text = format!("{ONE_LISTENER}[tls]\ncert = \"x\"\n");
+        let message = error(&text);
+        assert!(
+            message.starts_with("pigeon.toml:3:2: [tls]: unknown field `tls`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_key() {
+        let text = format!("{ONE_LISTENER}[limits]\nmax_inflight = \"many\"\n");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:4:16: [limits] max_inflight: invalid type: string \"many\", expected u16"
+        );
+        let text = format!("{ONE_LISTENER}[mqtt]\nretain_available = 1\n");
+        assert!(error(&text).starts_with("pigeon.toml:4:20: [mqtt] retain_available: "));
+    }
+
+    #[test]
+    fn bad_address_and_protocol_are_named() {
+        let text = "[[listener]]\nbind = \"localhost:1883\"\n";
+        assert_eq!(
+            error(text),
+            "pigeon.toml:2:8: [[listener]] bind: `localhost:1883` is not an IP:port address, \
+             such as 127.0.0.1:1883 or [::1]:1883"
+        );
+        let text = format!("{ONE_LISTENER}protocol = \"ws\"\n");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:3:12: [[listener]] protocol: unknown variant `ws`, expected `mqtt`"
+        );
+    }
+
+    #[test]
+    fn missing_bind_names_the_listener() {
+        let text = format!("{ONE_LISTENER}\n[[listener]]\nprotocol = \"mqtt\"\n");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:4:1: [[listener]]: missing field `bind`"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_a_position() {
+        let message = error("[[listener]\nbind = \"127.0.0.1:1883\"\n");
+        assert!(message.starts_with("pigeon.toml:1:12: "), "{message}");
+    }
+
+    #[test]
+    fn validate_failure_names_line_and_key() {
+        let text = format!("{ONE_LISTENER}\n[limits]\nconnect_timeout = 5\nmax_inflight = 0\n");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:6:1: [limits] max_inflight: must be between 1 and 65535 (got 0)"
+        );
+        let text = format!("limits.max_packet_size = 8\n{ONE_LISTENER}");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:1:8: [limits] max_packet_size: must be between 16 and 268435460 (got 8)"
+        );
+        let text = format!("{ONE_LISTENER}[limits]\nmax_packet_size = 268435461\n");
+        assert!(error(&text).starts_with("pigeon.toml:4:1: [limits] max_packet_size: "));
+        let text = format!("{ONE_LISTENER}[limits]\nconnect_timeout = 0\n");
+        assert!(error(&text).starts_with("pigeon.toml:4:1: [limits] connect_timeout: "));
+        let text = format!("{ONE_LISTENER}[limits]\nmax_queued_messages = 0\n");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:4:1: [limits] max_queued_messages: must be at least 1 (got 0)"
+        );
+    }
+
+    #[test]
+    fn duplicate_listener_address_is_refused() {
+        let text =
+            "[[listener]]\nbind = \"127.0.0.1:1883\"\n\n[[listener]]\nbind = \"127.0.0.1:1883\"\n";
+        assert_eq!(
+            error(text),
+            "pigeon.toml:5:1: [[listener]] bind: 127.0.0.1:1883 is already used by listener 1"
+        );
+        let text =
+            "[[listener]]\nbind = \"0.0.0.0:1883\"\n[[listener]]\nbind = \"127.0.0.1:1883\"\n";
+        assert!(error(text).starts_with(
+            "pigeon.toml:4:1: [[listener]] bind: 127.0.0.1:1883 collides with 0.0.0.0:1883 of listener 1"
+        ));
+    }
+
+    #[test]
+    fn listeners_that_can_share_are_accepted() {
+        let text = r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[[listener]]
+bind = "127.0.0.1:0"
+[[listener]]
+bind = "127.0.0.1:1883"
+[[listener]]
+bind = "127.0.0.1:1884"
+[[listener]]
+bind = "[::1]:1883"
+"#;
+        Config::from_toml_str(text, "pigeon.toml").expect("no two collide");
+    }
+
+    #[test]
+    fn a_file_without_listeners_is_refused() {
+        let message = error("[limits]\nmax_inflight = 10\n");
+        assert!(
+            message.starts_with("pigeon.toml: [[listener]]: at least one listener is required"),
+            "{message}"
+        );
+        let message = error("listener = []\n");
+        assert!(
+            message.starts_with("pigeon.toml:1:1: [[listener]]: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn validate_on_a_built_config_has_no_location() {
+        let mut config = Config::default();
+        config.limits.max_inflight = 0;
+        let error = config.validate().expect_err("invalid");
+        assert!(error.location().is_none());
+        assert_eq!(
+            error.to_string(),
+            "[limits] max_inflight: must be between 1 and 65535 (got 0)"
+        );
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let path = Path::new("/nonexistent/pigeon.toml");
+        let error = Config::load(path).expect_err("no such file");
+        assert_eq!(
+            error.to_string(),
+            "cannot read /nonexistent/pigeon.toml: No such file or directory"
+        );
+        assert!(
+            std::error::Error::source(&error).is_some(),
+            "the cause is kept"
+        );
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        assert_eq!(line_col("", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("\"é\" = 1\nx", 5), (1, 5));
+        assert_eq!(line_col("ab", 99), (1, 3));
     }
 }
