@@ -426,7 +426,7 @@ impl Broker {
             Enqueued::QueuedEvictedQos0 | Enqueued::DroppedFull => {
                 let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 // One line per 1000 drops keeps a flood from flooding the log too.
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     warn!(client_id = %session.client_id(), dropped_total = n + 1, "session queue full: message dropped (max_queued_messages / max_queued_bytes)");
                 }
             }

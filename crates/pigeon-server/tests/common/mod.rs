@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use pigeon_codec::{encode, ByteStr, Connect, Decoder, Packet, Protocol};
-use pigeon_server::config::{Config, ListenerConfig, ListenerProtocol};
+use pigeon_server::config::{Config, ListenerConfig};
 use pigeon_server::Server;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,11 +27,14 @@ impl Broker {
 
     /// Starts a broker on a free port with the default config changed by `f`.
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Broker {
-        let mut config = Config::default();
-        config.listeners = vec![ListenerConfig {
+        let listener = ListenerConfig {
             bind: "127.0.0.1:0".parse().expect("literal address"),
             ..default_listener()
-        }];
+        };
+        let mut config = Config {
+            listeners: vec![listener],
+            ..Config::default()
+        };
         f(&mut config);
         let server = Server::bind(config).await.expect("bind on port 0");
         let addr = server.local_addrs()[0];
@@ -74,11 +77,6 @@ fn default_listener() -> ListenerConfig {
         .into_iter()
         .next()
         .expect("default config has a listener")
-}
-
-#[allow(dead_code)]
-fn _protocol_is_mqtt(l: &ListenerConfig) -> bool {
-    l.protocol == ListenerProtocol::Mqtt
 }
 
 /// A client that speaks through our codec over a plain socket, one packet at a time.
