@@ -8,8 +8,17 @@ use bytes::Bytes;
 use std::fmt;
 use std::ops::Deref;
 
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteStr(Bytes);
+
+/// Hashes as the `str` it holds: `Borrow<str>` promises that, and maps keyed by `ByteStr` (the
+/// session registry, a session's subscriptions) are searched with `&str`. The derived hash went
+/// through `[u8]`, which hashes differently, and such look-ups found nothing.
+impl std::hash::Hash for ByteStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
 
 impl ByteStr {
     /// Checks `bytes` against the MQTT string rules; `None` if they break one.
@@ -83,5 +92,19 @@ impl fmt::Debug for ByteStr {
 impl fmt::Display for ByteStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteStr;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_map_keyed_by_byte_str_is_searched_with_str() {
+        let mut map = HashMap::new();
+        map.insert(ByteStr::from("client-1"), 1);
+        assert_eq!(map.get("client-1"), Some(&1));
+        assert_eq!(map.remove("client-1"), Some(1));
     }
 }
