@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the `decode` fuzz target and runs it for SECONDS; exits non-zero if libFuzzer finds a
+# crash, a panic or a timeout. Usage: fuzz/run.sh SECONDS
+#
+# With nightly and cargo-fuzz installed it builds through `cargo fuzz` (AddressSanitizer on);
+# otherwise it builds on stable with the same coverage flags cargo-fuzz passes, without ASan
+# (`--target` keeps the flags off build scripts, as cargo-fuzz does)
+# (the codec has no unsafe code apart from one unchecked str conversion, so ASan adds little).
+set -euo pipefail
+
+seconds="${1:?usage: fuzz/run.sh SECONDS}"
+here="$(cd "$(dirname "$0")" && pwd)"
+cd "$here"
+
+host="$(rustc -vV | sed -n 's/^host: //p')"
+if cargo +nightly --version >/dev/null 2>&1 && cargo +nightly fuzz --version >/dev/null 2>&1; then
+    cargo +nightly fuzz build --release decode
+    bin="$here/target/$host/release/decode"
+else
+    RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=3 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks" \
+        cargo build --release --bin decode --target "$host"
+    bin="$here/target/$host/release/decode"
+fi
+
+# New inputs go to corpus/decode (kept out of git); seeds/ is read only.
+mkdir -p corpus/decode artifacts/decode
+exec "$bin" -max_total_time="$seconds" -rss_limit_mb=512 -timeout=5 -max_len=4096 \
+    -print_final_stats=1 -artifact_prefix=artifacts/decode/ corpus/decode seeds
