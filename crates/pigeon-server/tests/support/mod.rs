@@ -134,20 +134,41 @@ pub async fn expect_publish(raw: &mut Raw) -> Publish {
 
 /// Receives a PUBLISH and acknowledges it as its QoS asks (QoS 2 through PUBCOMP).
 pub async fn receive_and_ack(raw: &mut Raw) -> Publish {
-    let p = expect_publish(raw).await;
-    match p.qos {
-        QoS::AtMostOnce => {}
-        QoS::AtLeastOnce => raw.send(&Packet::PubAck(ack(p.packet_id))).await,
-        QoS::ExactlyOnce => {
-            raw.send(&Packet::PubRec(ack(p.packet_id))).await;
-            match raw.recv().await {
-                Some(Packet::PubRel(r)) if r.packet_id == p.packet_id => {}
-                other => panic!("expected PUBREL {}, got {other:?}", p.packet_id),
+    receive_messages(raw, 1).await.remove(0)
+}
+
+/// Receives `n` PUBLISH packets, acknowledging each as its QoS asks, and returns once every QoS 2
+/// exchange among them has reached PUBCOMP. The broker may send the next PUBLISH before the
+/// PUBREL of the one before, so acknowledgements are matched as packets come.
+pub async fn receive_messages(raw: &mut Raw, n: usize) -> Vec<Publish> {
+    let mut got = Vec::with_capacity(n);
+    let mut awaiting_pubrel = Vec::new();
+    while got.len() < n || !awaiting_pubrel.is_empty() {
+        match raw.recv().await {
+            Some(Packet::Publish(p)) => {
+                assert!(got.len() < n, "more than {n} PUBLISH packets: {p:?}");
+                match p.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => raw.send(&Packet::PubAck(ack(p.packet_id))).await,
+                    QoS::ExactlyOnce => {
+                        raw.send(&Packet::PubRec(ack(p.packet_id))).await;
+                        awaiting_pubrel.push(p.packet_id);
+                    }
+                }
+                got.push(p);
             }
-            raw.send(&Packet::PubComp(ack(p.packet_id))).await;
+            Some(Packet::PubRel(r)) => {
+                let pos = awaiting_pubrel
+                    .iter()
+                    .position(|id| *id == r.packet_id)
+                    .unwrap_or_else(|| panic!("PUBREL for unknown id {}", r.packet_id));
+                awaiting_pubrel.remove(pos);
+                raw.send(&Packet::PubComp(ack(r.packet_id))).await;
+            }
+            other => panic!("expected PUBLISH or PUBREL, got {other:?}"),
         }
     }
-    p
+    got
 }
 
 pub fn payload(p: &Publish) -> &str {

@@ -1,0 +1,447 @@
+//! Sessions across connections: what survives a disconnect, what a clean start discards, session
+//! expiry, and the QoS 1/2 exchanges that resume after a reconnect.
+
+mod common;
+mod support;
+
+use common::Broker;
+use pigeon_codec::{Packet, Protocol, QoS, ReasonCode};
+use std::time::Duration;
+use support::*;
+
+/// A rumqttc 3.1.1 client with clean session off, connected: its event loop and CONNACK.
+async fn rumqttc_persistent(
+    port: u16,
+    id: &str,
+) -> (rumqttc::AsyncClient, rumqttc::EventLoop, rumqttc::ConnAck) {
+    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_clean_session(false);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    let event = tokio::time::timeout(Duration::from_secs(5), events.poll())
+        .await
+        .expect("CONNACK within 5 s")
+        .expect("connection accepted");
+    match event {
+        rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)) => (client, events, ack),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// Drives the event loop until `n` PUBLISH packets came in (rumqttc acknowledges them).
+async fn rumqttc_receive(events: &mut rumqttc::EventLoop, n: usize) -> Vec<rumqttc::Publish> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while got.len() < n {
+            let event = events.poll().await.expect("event loop");
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                got.push(p);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} messages within 5 s, got {}", got.len()));
+    got
+}
+
+/// Drives the event loop until rumqttc has sent `request` and the broker answered.
+async fn rumqttc_until_suback(events: &mut rumqttc::EventLoop) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = events.poll().await.expect("event loop");
+            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) = event {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK within 5 s");
+}
+
+async fn rumqttc_disconnect(client: &rumqttc::AsyncClient, events: &mut rumqttc::EventLoop) {
+    client.disconnect().await.expect("disconnect request");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("DISCONNECT sent within 5 s");
+}
+
+// [MQTT-3.1.2-4], [MQTT-3.2.2-2] (3.1.1): with clean session 0 the subscription outlives the
+// connection, QoS 1 and 2 messages published meanwhile are kept, and the reconnect gets session
+// present 1 and the messages in the order they were published [MQTT-4.6.0-6] (5.0 numbering).
+#[tokio::test]
+async fn persistent_session_delivers_offline_qos1_and_qos2_messages_in_order_in_3_1_1() {
+    let broker = Broker::start().await;
+    let (client, mut events, ack) = rumqttc_persistent(broker.port(), "keeper").await;
+    assert!(!ack.session_present);
+    client
+        .subscribe("offline/#", rumqttc::QoS::ExactlyOnce)
+        .await
+        .expect("subscribe request");
+    rumqttc_until_suback(&mut events).await;
+    rumqttc_disconnect(&client, &mut events).await;
+    drop(events);
+    wait_offline(&broker.broker, "keeper").await;
+
+    let (mut publisher, _) = connected(broker.addr, Protocol::V3_1_1, "pub", true, |_| {}).await;
+    for i in 1..=6u16 {
+        let qos = if i % 2 == 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        publish(&mut publisher, "offline/x", &format!("m{i}"), qos, i).await;
+    }
+
+    let (_client, mut events, ack) = rumqttc_persistent(broker.port(), "keeper").await;
+    assert!(
+        ack.session_present,
+        "session present after a persistent session"
+    );
+    let got = rumqttc_receive(&mut events, 6).await;
+    let payloads: Vec<_> = got
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    assert_eq!(payloads, ["m1", "m2", "m3", "m4", "m5", "m6"]);
+    let qos: Vec<_> = got.iter().map(|p| p.qos).collect();
+    use rumqttc::QoS::{AtLeastOnce as Q1, ExactlyOnce as Q2};
+    assert_eq!(qos, [Q1, Q2, Q1, Q2, Q1, Q2]);
+}
+
+// [MQTT-3.1.2-5], [MQTT-3.1.2-23], [MQTT-3.2.2-3] (5.0): a session with a Session Expiry Interval
+// above 0 outlives the connection the same way.
+#[tokio::test]
+async fn session_with_expiry_delivers_offline_messages_in_order_in_5() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "keeper5", true, expiry(60)).await;
+    subscribe(&mut sub, "offline/#", QoS::ExactlyOnce).await;
+    disconnect(&mut sub, |_| {}).await;
+    expect_closed(&mut sub).await;
+    wait_offline(&broker.broker, "keeper5").await;
+
+    let (mut publisher, _) = connected(broker.addr, Protocol::V5, "pub5", true, |_| {}).await;
+    publish(&mut publisher, "offline/a", "first", QoS::ExactlyOnce, 1).await;
+    publish(&mut publisher, "offline/b", "second", QoS::AtLeastOnce, 2).await;
+    publish(&mut publisher, "offline/a", "third", QoS::ExactlyOnce, 3).await;
+
+    let (mut sub, ack) = connected(broker.addr, Protocol::V5, "keeper5", false, expiry(60)).await;
+    assert!(ack.session_present);
+    let got: Vec<_> = receive_messages(&mut sub, 3)
+        .await
+        .iter()
+        .map(|p| (payload(p).to_owned(), p.qos))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("first".to_owned(), QoS::ExactlyOnce),
+            ("second".to_owned(), QoS::AtLeastOnce),
+            ("third".to_owned(), QoS::ExactlyOnce),
+        ]
+    );
+    sub.expect_silence(Duration::from_millis(100)).await;
+}
+
+// QoS 0 messages are not kept for an offline client unless `queue_qos0` says so (the 5.0 text
+// lets the server choose; mosquitto's default is the same).
+#[tokio::test]
+async fn qos0_messages_are_not_queued_for_an_offline_session() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V3_1_1, "q0", false, |_| {}).await;
+    subscribe(&mut sub, "q0/t", QoS::AtLeastOnce).await;
+    drop(sub);
+    wait_offline(&broker.broker, "q0").await;
+
+    let (mut publisher, _) = connected(broker.addr, Protocol::V3_1_1, "pub", true, |_| {}).await;
+    publish(&mut publisher, "q0/t", "zero", QoS::AtMostOnce, 0).await;
+    publish(&mut publisher, "q0/t", "one", QoS::AtLeastOnce, 1).await;
+
+    let (mut sub, ack) = connected(broker.addr, Protocol::V3_1_1, "q0", false, |_| {}).await;
+    assert!(ack.session_present);
+    let p = receive_and_ack(&mut sub).await;
+    assert_eq!(payload(&p), "one");
+    sub.expect_silence(Duration::from_millis(100)).await;
+}
+
+// [MQTT-3.1.2-6] (3.1.1): clean session 1 discards the stored session: session present 0, none
+// of its messages, none of its subscriptions; and that session ends with its connection.
+#[tokio::test]
+async fn clean_session_discards_the_stored_session_in_3_1_1() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V3_1_1, "cs", false, |_| {}).await;
+    subscribe(&mut sub, "cs/t", QoS::AtLeastOnce).await;
+    drop(sub);
+    wait_offline(&broker.broker, "cs").await;
+    let (mut publisher, _) = connected(broker.addr, Protocol::V3_1_1, "pub", true, |_| {}).await;
+    publish(&mut publisher, "cs/t", "old", QoS::AtLeastOnce, 1).await;
+
+    let (mut sub, ack) = connected(broker.addr, Protocol::V3_1_1, "cs", true, |_| {}).await;
+    assert!(!ack.session_present);
+    sub.expect_silence(Duration::from_millis(100)).await;
+    // The old subscription is gone too.
+    publish(&mut publisher, "cs/t", "new", QoS::AtLeastOnce, 2).await;
+    sub.expect_silence(Duration::from_millis(100)).await;
+    disconnect(&mut sub, |_| {}).await;
+    expect_closed(&mut sub).await;
+    wait_offline(&broker.broker, "cs").await;
+
+    let (_sub, ack) = connected(broker.addr, Protocol::V3_1_1, "cs", false, |_| {}).await;
+    assert!(
+        !ack.session_present,
+        "a clean session ends with its connection"
+    );
+}
+
+// [MQTT-3.1.2-4], [MQTT-3.2.2-2] (5.0): Clean Start 1 discards the stored session.
+#[tokio::test]
+async fn clean_start_discards_the_stored_session_in_5() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "cs5", true, expiry(60)).await;
+    subscribe(&mut sub, "cs5/t", QoS::AtLeastOnce).await;
+    drop(sub);
+    wait_offline(&broker.broker, "cs5").await;
+    let (mut publisher, _) = connected(broker.addr, Protocol::V5, "pub", true, |_| {}).await;
+    publish(&mut publisher, "cs5/t", "old", QoS::AtLeastOnce, 1).await;
+
+    let (mut sub, ack) = connected(broker.addr, Protocol::V5, "cs5", true, expiry(60)).await;
+    assert!(!ack.session_present);
+    publish(&mut publisher, "cs5/t", "new", QoS::AtLeastOnce, 2).await;
+    sub.expect_silence(Duration::from_millis(100)).await;
+}
+
+// [MQTT-3.1.2-5] (5.0): a reconnect before the Session Expiry Interval ends resumes the session.
+#[tokio::test(start_paused = true)]
+async fn session_survives_a_reconnect_within_its_expiry_interval() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "exp", true, expiry(2)).await;
+    subscribe(&mut sub, "exp/t", QoS::AtLeastOnce).await;
+    drop(sub);
+    wait_offline(&broker.broker, "exp").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut sub, ack) = connected(broker.addr, Protocol::V5, "exp", false, expiry(2)).await;
+    assert!(ack.session_present);
+    // The old expiry timer must not end the resumed session when it fires.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut publisher, _) = connected(broker.addr, Protocol::V5, "pub", true, |_| {}).await;
+    publish(&mut publisher, "exp/t", "kept", QoS::AtLeastOnce, 1).await;
+    assert_eq!(payload(&receive_and_ack(&mut sub).await), "kept");
+}
+
+// [MQTT-4.1.0-2] (5.0): the session is discarded once the connection is closed and the Session
+// Expiry Interval has passed: a reconnect gets session present 0 and none of the subscriptions.
+#[tokio::test(start_paused = true)]
+async fn session_is_gone_after_its_expiry_interval() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "exp", true, expiry(2)).await;
+    subscribe(&mut sub, "exp/t", QoS::AtLeastOnce).await;
+    drop(sub);
+    wait_offline(&broker.broker, "exp").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let (mut sub, ack) = connected(broker.addr, Protocol::V5, "exp", false, expiry(2)).await;
+    assert!(!ack.session_present);
+    let (mut publisher, _) = connected(broker.addr, Protocol::V5, "pub", true, |_| {}).await;
+    publish(&mut publisher, "exp/t", "lost", QoS::AtLeastOnce, 1).await;
+    sub.expect_silence(Duration::from_millis(100)).await;
+}
+
+// 5.0 section 3.14.2.2.2: DISCONNECT may change the Session Expiry Interval; a lower value ends
+// the session sooner.
+#[tokio::test(start_paused = true)]
+async fn disconnect_can_lower_the_session_expiry() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "lower", true, expiry(3600)).await;
+    subscribe(&mut sub, "lower/t", QoS::AtLeastOnce).await;
+    disconnect(&mut sub, |d| d.properties.session_expiry_interval = Some(1)).await;
+    expect_closed(&mut sub).await;
+    wait_offline(&broker.broker, "lower").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_sub, ack) = connected(broker.addr, Protocol::V5, "lower", false, expiry(60)).await;
+    assert!(
+        !ack.session_present,
+        "DISCONNECT's expiry of 1 s ended the session"
+    );
+
+    // 0 in DISCONNECT ends the session with the connection.
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "zero", true, expiry(3600)).await;
+    disconnect(&mut sub, |d| d.properties.session_expiry_interval = Some(0)).await;
+    expect_closed(&mut sub).await;
+    wait_offline(&broker.broker, "zero").await;
+    let (_sub, ack) = connected(broker.addr, Protocol::V5, "zero", false, expiry(60)).await;
+    assert!(!ack.session_present);
+}
+
+// 5.0 section 3.14.2.2.2: "If the Session Expiry Interval in the CONNECT packet was zero, then it
+// is a Protocol Error to set a non-zero Session Expiry Interval in the DISCONNECT packet". The
+// broker answers DISCONNECT 0x82 and the session still ends with the connection.
+#[tokio::test]
+async fn disconnect_setting_expiry_after_connect_had_zero_is_a_protocol_error() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "sneaky", true, |_| {}).await;
+    subscribe(&mut sub, "sneaky/t", QoS::AtLeastOnce).await;
+    disconnect(&mut sub, |d| {
+        d.properties.session_expiry_interval = Some(300)
+    })
+    .await;
+    expect_disconnect(&mut sub, ReasonCode::PROTOCOL_ERROR).await;
+    wait_offline(&broker.broker, "sneaky").await;
+    let (_sub, ack) = connected(broker.addr, Protocol::V5, "sneaky", false, expiry(60)).await;
+    assert!(!ack.session_present);
+}
+
+// [MQTT-4.4.0-1], [MQTT-3.3.1-1]: a QoS 1 PUBLISH the client never acknowledged is sent again
+// after the reconnect, with DUP set and the same packet identifier.
+#[tokio::test]
+async fn unacknowledged_qos1_is_resent_with_dup_and_same_id_after_reconnect() {
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let broker = Broker::start().await;
+        let (mut sub, _) = connected(broker.addr, protocol, "slow", false, expiry(60)).await;
+        subscribe(&mut sub, "dup/t", QoS::AtLeastOnce).await;
+        let (mut publisher, _) = connected(broker.addr, protocol, "pub", true, |_| {}).await;
+        publish(&mut publisher, "dup/t", "again", QoS::AtLeastOnce, 1).await;
+        let first = expect_publish(&mut sub).await;
+        assert!(!first.dup, "{protocol:?}: first delivery has DUP 0");
+        drop(sub); // no PUBACK
+        wait_offline(&broker.broker, "slow").await;
+
+        let (mut sub, connack) = connected(broker.addr, protocol, "slow", false, expiry(60)).await;
+        assert!(connack.session_present);
+        let again = expect_publish(&mut sub).await;
+        assert!(again.dup, "{protocol:?}: resent PUBLISH has DUP 1");
+        assert_eq!(again.packet_id, first.packet_id, "{protocol:?}");
+        assert_eq!((again.topic.as_str(), payload(&again)), ("dup/t", "again"));
+        assert_eq!(again.qos, QoS::AtLeastOnce);
+        sub.send(&Packet::PubAck(ack(again.packet_id))).await;
+        // Acknowledged now: a further reconnect sends nothing.
+        ping(&mut sub).await;
+        drop(sub);
+        wait_offline(&broker.broker, "slow").await;
+        let (mut sub, _) = connected(broker.addr, protocol, "slow", false, expiry(60)).await;
+        sub.expect_silence(Duration::from_millis(100)).await;
+    }
+}
+
+// [MQTT-4.4.0-1]: a QoS 2 PUBLISH not yet acknowledged with PUBREC is resent with DUP; once PUBREL
+// has been sent, the PUBREL is what is resent [MQTT-4.3.3-6], never the PUBLISH.
+#[tokio::test]
+async fn qos2_exchange_resumes_after_reconnect() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V3_1_1, "q2", false, |_| {}).await;
+    subscribe(&mut sub, "q2/t", QoS::ExactlyOnce).await;
+    let (mut publisher, _) = connected(broker.addr, Protocol::V3_1_1, "pub", true, |_| {}).await;
+    publish(&mut publisher, "q2/t", "exactly", QoS::ExactlyOnce, 9).await;
+
+    // Stage 1: PUBLISH received, no PUBREC.
+    let first = expect_publish(&mut sub).await;
+    drop(sub);
+    wait_offline(&broker.broker, "q2").await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V3_1_1, "q2", false, |_| {}).await;
+    let again = expect_publish(&mut sub).await;
+    assert!(again.dup);
+    assert_eq!(again.packet_id, first.packet_id);
+
+    // Stage 2: PUBREC sent, PUBREL received, no PUBCOMP.
+    sub.send(&Packet::PubRec(ack(again.packet_id))).await;
+    match sub.recv().await {
+        Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, first.packet_id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    drop(sub);
+    wait_offline(&broker.broker, "q2").await;
+    let (mut sub, connack) = connected(broker.addr, Protocol::V3_1_1, "q2", false, |_| {}).await;
+    assert!(connack.session_present);
+    match sub.recv().await {
+        Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, first.packet_id),
+        other => panic!("expected the PUBREL resent, got {other:?}"),
+    }
+    sub.send(&Packet::PubComp(ack(first.packet_id))).await;
+    ping(&mut sub).await;
+    drop(sub);
+    wait_offline(&broker.broker, "q2").await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V3_1_1, "q2", false, |_| {}).await;
+    sub.expect_silence(Duration::from_millis(100)).await;
+}
+
+// [MQTT-4.3.3-10] (5.0; MQTT-4.3.3-2 in 3.1.1): until PUBREL, a resent QoS 2 PUBLISH with the
+// same packet id is acknowledged with PUBREC again and not delivered twice. PUBREL gets PUBCOMP
+// [MQTT-4.3.3-11], after which the id starts a new message [MQTT-4.3.3-12].
+#[tokio::test]
+async fn inbound_qos2_publish_is_delivered_exactly_once() {
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let broker = Broker::start().await;
+        let (mut sub, _) = connected(broker.addr, protocol, "sub", true, |_| {}).await;
+        subscribe(&mut sub, "once/t", QoS::ExactlyOnce).await;
+        let (mut publisher, _) = connected(broker.addr, protocol, "pub", true, |_| {}).await;
+        let mut p = message("once/t", "only once", QoS::ExactlyOnce, 5);
+        publisher.send(&Packet::Publish(p.clone())).await;
+        match publisher.recv().await {
+            Some(Packet::PubRec(r)) => assert_eq!(r.packet_id, 5),
+            other => panic!("expected PUBREC, got {other:?}"),
+        }
+        p.dup = true;
+        publisher.send(&Packet::Publish(p.clone())).await;
+        match publisher.recv().await {
+            Some(Packet::PubRec(r)) => assert_eq!(r.packet_id, 5),
+            other => panic!("expected PUBREC for the resend, got {other:?}"),
+        }
+        publisher.send(&Packet::PubRel(ack(5))).await;
+        match publisher.recv().await {
+            Some(Packet::PubComp(c)) => assert_eq!(c.packet_id, 5),
+            other => panic!("expected PUBCOMP, got {other:?}"),
+        }
+        assert_eq!(payload(&receive_and_ack(&mut sub).await), "only once");
+        sub.expect_silence(Duration::from_millis(100)).await;
+
+        // After PUBCOMP, id 5 is a new message.
+        publish(&mut publisher, "once/t", "new", QoS::ExactlyOnce, 5).await;
+        assert_eq!(
+            payload(&receive_and_ack(&mut sub).await),
+            "new",
+            "{protocol:?}"
+        );
+    }
+}
+
+// The receiver's QoS 2 state is session state: a publisher that reconnects to its session and
+// resends the PUBLISH whose PUBREC it lost does not cause a second delivery.
+#[tokio::test]
+async fn inbound_qos2_resent_after_reconnect_is_delivered_once() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "sub", true, |_| {}).await;
+    subscribe(&mut sub, "once/t", QoS::ExactlyOnce).await;
+    let (mut publisher, _) = connected(broker.addr, Protocol::V5, "pub", true, expiry(60)).await;
+    let mut p = message("once/t", "across", QoS::ExactlyOnce, 7);
+    publisher.send(&Packet::Publish(p.clone())).await;
+    match publisher.recv().await {
+        Some(Packet::PubRec(r)) => assert_eq!(r.packet_id, 7),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    drop(publisher);
+    wait_offline(&broker.broker, "pub").await;
+    let (mut publisher, connack) =
+        connected(broker.addr, Protocol::V5, "pub", false, expiry(60)).await;
+    assert!(connack.session_present);
+    p.dup = true;
+    publisher.send(&Packet::Publish(p)).await;
+    match publisher.recv().await {
+        Some(Packet::PubRec(r)) => assert_eq!(r.packet_id, 7),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    publisher.send(&Packet::PubRel(ack(7))).await;
+    match publisher.recv().await {
+        Some(Packet::PubComp(c)) => {
+            assert_eq!(c.packet_id, 7);
+            assert_eq!(c.reason, ReasonCode::SUCCESS);
+        }
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    assert_eq!(payload(&receive_and_ack(&mut sub).await), "across");
+    sub.expect_silence(Duration::from_millis(100)).await;
+}
