@@ -14,6 +14,7 @@ pub mod message;
 pub mod retain;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod subscriptions;
 
 pub use broker::{Broker, BrokerSettings, ConnectionHandle, Control, Departure, SubscribeResult};
