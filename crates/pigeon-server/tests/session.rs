@@ -328,6 +328,51 @@ async fn unacknowledged_qos1_is_resent_with_dup_and_same_id_after_reconnect() {
     }
 }
 
+// [MQTT-4.4.0-1], [MQTT-4.6.0-6] (5.0): after a reconnect the unacknowledged messages come
+// first, in the order they were first sent, then the ones that waited in the queue.
+#[tokio::test]
+async fn resent_messages_come_before_queued_ones_in_order() {
+    let broker = Broker::start_with(|c| c.limits.max_inflight = 2).await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "order", true, expiry(60)).await;
+    subscribe(&mut sub, "order/t", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = connected(broker.addr, Protocol::V5, "pub", true, |_| {}).await;
+    for i in 1..=4u16 {
+        publish(
+            &mut publisher,
+            "order/t",
+            &format!("m{i}"),
+            QoS::AtLeastOnce,
+            i,
+        )
+        .await;
+    }
+    // m1 and m2 fill the window; m3 and m4 wait in the session queue.
+    let m1 = expect_publish(&mut sub).await;
+    let m2 = expect_publish(&mut sub).await;
+    assert_eq!((payload(&m1), payload(&m2)), ("m1", "m2"));
+    drop(sub);
+    wait_offline(&broker.broker, "order").await;
+    publish(&mut publisher, "order/t", "m5", QoS::AtLeastOnce, 5).await;
+
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "order", false, expiry(60)).await;
+    let got: Vec<_> = receive_messages(&mut sub, 5)
+        .await
+        .iter()
+        .map(|p| (payload(p).to_owned(), p.dup))
+        .collect();
+    let expected: Vec<_> = [
+        ("m1", true),
+        ("m2", true),
+        ("m3", false),
+        ("m4", false),
+        ("m5", false),
+    ]
+    .iter()
+    .map(|(t, d)| (t.to_string(), *d))
+    .collect();
+    assert_eq!(got, expected);
+}
+
 // [MQTT-4.4.0-1]: a QoS 2 PUBLISH not yet acknowledged with PUBREC is resent with DUP; once PUBREL
 // has been sent, the PUBREL is what is resent [MQTT-4.3.3-6], never the PUBLISH.
 #[tokio::test]
