@@ -379,15 +379,17 @@ impl Broker {
             write(&self.retained).set(Arc::clone(&message));
         }
         let mut targets: Vec<(Arc<Session>, SubscriptionOptions, Vec<u32>)> = Vec::new();
+        // Each share group delivers its own copy, even to a session that also gets one through
+        // another subscription (5.0 section 4.8.2), so group picks are kept out of the merge.
+        let mut shared_targets = Vec::new();
         let mut sources = 0usize;
         {
             let index = read(&self.index);
             index.for_each_match(&message.topic, |m| {
-                sources += 1;
-                let sub = match m {
-                    Match::Single(sub) => sub,
+                let (sub, shared) = match m {
+                    Match::Single(sub) => (sub, false),
                     Match::Shared(group) => match group.pick() {
-                        Some(sub) => sub,
+                        Some(sub) => (sub, true),
                         None => return,
                     },
                 };
@@ -397,12 +399,19 @@ impl Broker {
                     return;
                 }
                 let ids = sub.id.map(|id| vec![id]).unwrap_or_default();
-                targets.push((Arc::clone(&sub.session), sub.options, ids));
+                let target = (Arc::clone(&sub.session), sub.options, ids);
+                if shared {
+                    shared_targets.push(target);
+                } else {
+                    sources += 1;
+                    targets.push(target);
+                }
             });
         }
         if sources > 1 {
             merge_overlapping(&mut targets);
         }
+        targets.append(&mut shared_targets);
         let now = Instant::now();
         if message.is_expired(now) {
             return 0;
