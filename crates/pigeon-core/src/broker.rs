@@ -374,6 +374,18 @@ impl Broker {
     /// Routes a message to every matching session and stores it if retained. Returns the number
     /// of sessions it was queued for.
     pub fn publish(&self, message: Arc<Message>) -> usize {
+        // A message still carrying its Message Expiry Interval (a will) starts it now.
+        let message = match message.properties.message_expiry_interval {
+            Some(_) => Arc::new(Message::new(
+                message.topic.clone(),
+                message.payload.clone(),
+                message.qos,
+                message.retain,
+                message.properties.clone(),
+                message.origin.clone(),
+            )),
+            None => message,
+        };
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         if message.retain && self.settings.retain_available {
             write(&self.retained).set(Arc::clone(&message));

@@ -16,7 +16,8 @@ pub struct Message {
     pub qos: QoS,
     pub retain: bool,
     /// Pass-through properties. `topic_alias` and `subscription_identifiers` are always empty here
-    /// (they belong to one connection), and `message_expiry_interval` is replaced by `expires_at`.
+    /// (they belong to one connection), and `message_expiry_interval` is replaced by `expires_at`,
+    /// except in a will until `Broker::publish` starts its lifetime.
     pub properties: PublishProperties,
     /// When the 5.0 Message Expiry Interval runs out.
     pub expires_at: Option<Instant>,

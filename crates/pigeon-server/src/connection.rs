@@ -316,14 +316,13 @@ async fn run_client<S>(
         let p = &w.properties;
         let properties = PublishProperties {
             payload_format_indicator: p.payload_format_indicator,
-            message_expiry_interval: p.message_expiry_interval,
             response_topic: p.response_topic.clone(),
             correlation_data: p.correlation_data.clone(),
             user_properties: p.user_properties.clone(),
             content_type: p.content_type.clone(),
             ..Default::default()
         };
-        let msg = Message::new(
+        let mut msg = Message::new(
             w.topic.clone(),
             w.payload.clone(),
             w.qos,
@@ -331,6 +330,9 @@ async fn run_client<S>(
             properties,
             Some(client_id.clone()),
         );
+        // The will's lifetime starts when it is published, which may be long after CONNECT
+        // (5.0 section 3.1.3.2.4): `Broker::publish` starts it.
+        msg.properties.message_expiry_interval = p.message_expiry_interval;
         (Arc::new(msg), p.will_delay_interval.unwrap_or(0))
     });
     if let Some((w, _)) = &will {
