@@ -524,7 +524,13 @@ fn read_publish_properties(r: &mut Reader<'_>) -> Result<PublishProperties> {
             }
             id::MESSAGE_EXPIRY_INTERVAL => once(&mut p.message_expiry_interval, r.u32()?)?,
             id::TOPIC_ALIAS => {
-                let alias = non_zero_u16(r.u16()?, "Topic Alias of 0 [MQTT-3.3.2-8]")?;
+                let alias = r.u16()?;
+                if alias == 0 {
+                    // 0x94 as for an alias above the maximum, which is what mosquitto answers.
+                    return Err(DecodeError::TopicAliasInvalid(
+                        "Topic Alias of 0 [MQTT-3.3.2-8]",
+                    ));
+                }
                 once(&mut p.topic_alias, alias)?;
             }
             id::RESPONSE_TOPIC => once(&mut p.response_topic, r.topic_name_property()?)?,

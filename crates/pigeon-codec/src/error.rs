@@ -20,6 +20,10 @@ pub enum DecodeError {
     /// A SUBSCRIBE or UNSUBSCRIBE filter that is not a valid topic filter (0x8F).
     #[error("topic filter invalid: {0}")]
     TopicFilterInvalid(&'static str),
+    /// A PUBLISH Topic Alias of 0 (0x94). Aliases above the receiver's maximum depend on the
+    /// connection and are the broker's to refuse, with the same code.
+    #[error("topic alias invalid: {0}")]
+    TopicAliasInvalid(&'static str),
     /// The fixed header announces more than the configured maximum (0x95); refused before the body
     /// is buffered.
     #[error("packet of {size} bytes exceeds the maximum packet size of {max}")]
@@ -39,6 +43,7 @@ impl DecodeError {
             DecodeError::Protocol(_) => ReasonCode::PROTOCOL_ERROR,
             DecodeError::TopicNameInvalid(_) => ReasonCode::TOPIC_NAME_INVALID,
             DecodeError::TopicFilterInvalid(_) => ReasonCode::TOPIC_FILTER_INVALID,
+            DecodeError::TopicAliasInvalid(_) => ReasonCode::TOPIC_ALIAS_INVALID,
             DecodeError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             DecodeError::UnsupportedProtocolVersion(_) | DecodeError::UnknownProtocolName => {
                 ReasonCode::UNSUPPORTED_PROTOCOL_VERSION

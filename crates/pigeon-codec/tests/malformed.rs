@@ -169,7 +169,7 @@ fn cases() -> Vec<Case> {
         ),
         case("v5 Receive Maximum 0", Server, connect5(0x02, &[0x21, 0, 0], &cid()), Code(PROTOCOL)),
         case("v5 Maximum Packet Size 0", Server, connect5(0x02, &[0x27, 0, 0, 0, 0], &cid()), Code(PROTOCOL)),
-        case("[MQTT-3.3.2-8] v5 Topic Alias 0", V5, publish5(b"a", &[0x23, 0, 0]), Code(PROTOCOL)),
+        case("[MQTT-3.3.2-8] v5 Topic Alias 0", V5, publish5(b"a", &[0x23, 0, 0]), Code(ReasonCode::TOPIC_ALIAS_INVALID)),
         case("[MQTT-3.8.3-5] v5 SUBSCRIBE reserved option bits", V5, subscribe5(&[], &[(b"a", 0xC0)]), Code(MALFORMED)),
         // --- CONNECT -----------------------------------------------------------------------
         case("CONNECT 3.1.1 is valid", Server, conn4.clone(), Packets(1)),
@@ -469,7 +469,8 @@ fn refusals_name_their_statement() {
             e @ (DecodeError::Malformed(_)
             | DecodeError::Protocol(_)
             | DecodeError::TopicNameInvalid(_)
-            | DecodeError::TopicFilterInvalid(_)),
+            | DecodeError::TopicFilterInvalid(_)
+            | DecodeError::TopicAliasInvalid(_)),
         ) = run(&case)
         {
             if !e.to_string().contains(label) {
