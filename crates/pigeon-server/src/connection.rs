@@ -135,7 +135,8 @@ async fn refuse_bad_connect<S: AsyncRead + AsyncWrite>(io: &mut Io<S>, e: &Decod
             io.flush_best_effort().await;
         }
         // A 5.0 CONNECT that is malformed gets a CONNACK with the reason (MQTT-4.13.1-1 allows it).
-        _ if io.decoder.protocol() == Some(Protocol::V5) => {
+        // `protocol()` is set only by a CONNECT that decoded, so ask what the refused one named.
+        _ if io.decoder.connect_protocol() == Some(Protocol::V5) => {
             let ack = ConnAck {
                 code: e.reason_code(),
                 ..Default::default()
