@@ -45,6 +45,9 @@ pub struct Decoder {
     /// Set when the protocol was learned from a CONNECT on this decoder: a second CONNECT on the
     /// same connection is then refused (MQTT-3.1.0-2).
     learned_from_connect: bool,
+    /// The protocol the last CONNECT named, kept even when the rest of that CONNECT is refused,
+    /// so the server can answer a broken 5.0 CONNECT with a 5.0 CONNACK.
+    connect_protocol: Option<Protocol>,
 }
 
 impl Decoder {
@@ -54,6 +57,7 @@ impl Decoder {
             protocol: None,
             max_packet_size,
             learned_from_connect: false,
+            connect_protocol: None,
         }
     }
 
@@ -63,11 +67,18 @@ impl Decoder {
             protocol: Some(protocol),
             max_packet_size,
             learned_from_connect: false,
+            connect_protocol: None,
         }
     }
 
     pub fn protocol(&self) -> Option<Protocol> {
         self.protocol
+    }
+
+    /// The protocol named by the last CONNECT this decoder took in, whether or not the rest of
+    /// it decoded.
+    pub fn connect_protocol(&self) -> Option<Protocol> {
+        self.connect_protocol
     }
 
     pub fn max_packet_size(&self) -> u32 {
@@ -137,6 +148,7 @@ impl Decoder {
         };
         let packet = match ptype {
             kind::CONNECT => {
+                self.connect_protocol = named_protocol(&frame[1 + len_bytes..]);
                 let connect = read_connect(&mut r)?;
                 if self.protocol.is_none() {
                     self.protocol = Some(connect.protocol);
@@ -162,6 +174,16 @@ impl Decoder {
         };
         r.finish()?;
         Ok(Some(packet))
+    }
+}
+
+/// The protocol a CONNECT's variable header names, before anything after the level is read.
+fn named_protocol(body: &[u8]) -> Option<Protocol> {
+    match body {
+        [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, ..] => Some(Protocol::V3_1),
+        [0, 4, b'M', b'Q', b'T', b'T', 4, ..] => Some(Protocol::V3_1_1),
+        [0, 4, b'M', b'Q', b'T', b'T', 5, ..] => Some(Protocol::V5),
+        _ => None,
     }
 }
 
@@ -1005,6 +1027,21 @@ mod tests {
                 bytes: 2
             })
         ));
+    }
+
+    #[test]
+    fn a_refused_connect_still_names_its_protocol() {
+        // 5.0 CONNECT with the reserved flag set [MQTT-3.1.2-3].
+        let mut buf = BytesMut::from(
+            &[
+                0x10, 0x0F, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x03, 0x00, 0x3C, 0x00, 0x00,
+                0x02, b'i', b'd',
+            ][..],
+        );
+        let mut d = Decoder::new(1024);
+        assert!(matches!(d.decode(&mut buf), Err(DecodeError::Malformed(_))));
+        assert_eq!(d.protocol(), None);
+        assert_eq!(d.connect_protocol(), Some(Protocol::V5));
     }
 
     #[test]
