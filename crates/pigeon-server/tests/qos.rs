@@ -486,3 +486,23 @@ async fn receive_maximum_bounds_unacknowledged_deliveries() {
     assert_eq!(payloads(&exactly(&mut sub, 1).await), ["3"]);
     broker.stop().await;
 }
+
+/// [MQTT-3.3.1-3]: the DUP flag of an outgoing PUBLISH says only whether that PUBLISH is a
+/// retransmission; a publisher's DUP 1 is not forwarded.
+#[tokio::test]
+async fn the_dup_flag_is_not_forwarded() {
+    let broker = Broker::start().await;
+    let mut sub = connect(broker.addr, Protocol::V5, "dup-sub").await;
+    subscribe(&mut sub, "dup", QoS::ExactlyOnce).await;
+    subscribe_sentinel(&mut sub).await;
+    let mut publisher = connect(broker.addr, Protocol::V3_1_1, "dup-pub").await;
+    for q in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut p = message("dup", b"m", q);
+        p.dup = true;
+        publish(&mut publisher, p).await;
+    }
+    let got = received(&mut publisher, &mut sub).await;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|p| !p.dup), "{got:?}");
+    broker.stop().await;
+}

@@ -6,7 +6,9 @@ mod flows;
 
 use common::{Broker, Raw};
 use flows::*;
-use pigeon_codec::{Protocol, Publish, QoS, RetainHandling, SubscriptionOptions};
+use pigeon_codec::{
+    Packet, Protocol, Publish, QoS, ReasonCode, RetainHandling, SubscriptionOptions,
+};
 use std::time::Duration;
 
 /// Publishes a retained message and completes its exchange.
@@ -338,5 +340,36 @@ async fn shared_subscriptions_get_no_retained_messages() {
             ["live"]
         );
     }
+    broker.stop().await;
+}
+
+/// With `retain_available = false` the 5.0 CONNACK says Retain Available 0, and a retained
+/// PUBLISH ends the connection: DISCONNECT 0x9A Retain not supported in 5.0 (section 3.2.2.3.5),
+/// a plain close in 3.1.1, as mosquitto does. Messages without RETAIN still flow.
+#[tokio::test]
+async fn a_retained_publish_is_refused_when_retain_is_unavailable() {
+    let broker = Broker::start_with(|c| c.mqtt.retain_available = false).await;
+    let mut sub = connect(broker.addr, Protocol::V5, "nr-sub").await;
+    subscribe(&mut sub, "nr", QoS::AtLeastOnce).await;
+    subscribe_sentinel(&mut sub).await;
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let (mut publisher, ack) =
+            connect_with(broker.addr, protocol, "nr-pub", true, |_| {}).await;
+        if protocol.is_v5() {
+            assert_eq!(ack.properties.retain_available, Some(false));
+        }
+        publish_q1(&mut publisher, "nr", b"plain").await;
+        assert_eq!(
+            payloads(&received(&mut publisher, &mut sub).await),
+            ["plain"]
+        );
+        let mut p = message("nr", b"retained", QoS::AtLeastOnce);
+        p.retain = true;
+        publisher.send(&Packet::Publish(p)).await;
+        expect_closed(&mut publisher, ReasonCode::RETAIN_NOT_SUPPORTED).await;
+    }
+    assert_eq!(broker.broker.retained_count(), 0);
+    let mut publisher = connect(broker.addr, Protocol::V5, "nr-pub").await;
+    assert_eq!(received(&mut publisher, &mut sub).await, vec![]);
     broker.stop().await;
 }

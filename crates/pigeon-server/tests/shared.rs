@@ -167,17 +167,16 @@ async fn v311_clients_can_share() {
         .expect("subscribe");
     let mut subacks = 0;
     while subacks < 2 {
-        match events.poll().await.expect("event loop") {
-            rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) => {
-                assert_eq!(
-                    ack.return_codes,
-                    [rumqttc::SubscribeReasonCode::Success(
-                        rumqttc::QoS::AtLeastOnce
-                    )]
-                );
-                subacks += 1;
-            }
-            _ => {}
+        if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) =
+            events.poll().await.expect("event loop")
+        {
+            assert_eq!(
+                ack.return_codes,
+                [rumqttc::SubscribeReasonCode::Success(
+                    rumqttc::QoS::AtLeastOnce
+                )]
+            );
+            subacks += 1;
         }
     }
     let mut publisher = connect(broker.addr, Protocol::V3_1_1, "v4-pub").await;
