@@ -466,7 +466,6 @@ where
                         return Close { reason: None, departure: Departure::WithWill };
                     }
                     Ok(_) => {
-                        self.last_received = Instant::now();
                         if let Err(close) = self.handle_input() {
                             return close;
                         }
@@ -493,7 +492,12 @@ where
     fn handle_input(&mut self) -> Result<(), Close> {
         loop {
             let packet = match self.io.decoder.decode(&mut self.io.rbuf) {
-                Ok(Some(p)) => p,
+                // Keep alive counts whole Control Packets [MQTT-3.1.2-22] (5.0), not bytes: a
+                // packet trickled a byte at a time does not hold the connection open.
+                Ok(Some(p)) => {
+                    self.last_received = Instant::now();
+                    p
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     warn!(error = %e, reason = %e.reason_code(), "malformed input; closing");

@@ -8,6 +8,7 @@ use common::Broker;
 use pigeon_codec::{Protocol, QoS, ReasonCode};
 use std::time::Duration;
 use support::*;
+use tokio::io::AsyncWriteExt;
 
 // [MQTT-3.1.2-24] (3.1.1): no packet within 1.5 x keep alive closes the connection; it stays open
 // until then.
@@ -66,6 +67,40 @@ async fn any_packet_from_the_client_resets_the_keep_alive() {
         publish(&mut raw, "ka/t", "tick", QoS::AtLeastOnce, i).await;
     }
     ping(&mut raw).await;
+}
+
+// The keep alive counts MQTT Control Packets [MQTT-3.1.2-22] (5.0): bytes that never complete a
+// packet do not keep a connection open (mosquitto counts whole packets too). A PUBLISH trickled
+// one byte per second is cut off 3 s after the last whole packet, keep alive 2.
+#[tokio::test(start_paused = true)]
+async fn bytes_that_do_not_complete_a_packet_do_not_keep_it_alive() {
+    let broker = Broker::start().await;
+    let (mut raw, _) = connected(broker.addr, Protocol::V3_1_1, "trickle", true, |c| {
+        c.keep_alive = 2
+    })
+    .await;
+    // PUBLISH QoS 0 to "t" with a 20-byte payload: 25 bytes, one a second.
+    let mut packet = vec![0x30, 23, 0x00, 0x01, b't'];
+    packet.extend_from_slice(&[b'x'; 20]);
+    let started = tokio::time::Instant::now();
+    let mut bytes = packet.into_iter();
+    let closed_after = loop {
+        match raw.recv_within(Duration::from_secs(1)).await {
+            Err(()) => {
+                let byte = bytes
+                    .next()
+                    .expect("the connection outlived the whole trickled packet");
+                raw.stream.write_all(&[byte]).await.expect("write one byte");
+            }
+            Ok(None) => break started.elapsed(),
+            Ok(Some(p)) => panic!("expected nothing, got {p:?}"),
+        }
+    };
+    // The last whole packet was CONNECT, at 0 s.
+    assert!(
+        closed_after >= Duration::from_millis(2900) && closed_after <= Duration::from_millis(3100),
+        "closed after {closed_after:?}; keep alive 2 s allows 3 s"
+    );
 }
 
 // Traffic from the broker to the client does not count: only what the broker receives does.
