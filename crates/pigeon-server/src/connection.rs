@@ -780,12 +780,15 @@ where
     /// PUBREL, in their original order (MQTT-4.4.0-1).
     fn resend_inflight(&mut self) {
         let session = Arc::clone(&self.session);
-        let state = session.lock();
+        let mut state = session.lock();
         let now = Instant::now();
+        let mut too_large = Vec::new();
         for o in &state.inflight {
             match o.stage {
                 OutStage::Published => {
-                    self.write_publish(o, true, now);
+                    if !self.write_publish(o, true, now) {
+                        too_large.push(o.packet_id);
+                    }
                 }
                 OutStage::Released => encode(
                     &Packet::PubRel(PubResp {
@@ -796,6 +799,11 @@ where
                     &mut self.io.wbuf,
                 ),
             }
+        }
+        // Larger than the Maximum Packet Size of this connection: discarded as if delivered
+        // [MQTT-3.1.2-25] (5.0), so it does not hold an in-flight place forever.
+        for packet_id in too_large {
+            state.take_inflight(packet_id, OutStage::Published);
         }
     }
 

@@ -257,3 +257,31 @@ async fn message_over_the_client_maximum_packet_size_is_skipped_for_that_client(
     assert_eq!(payload(&receive_and_ack(&mut large).await), big);
     assert_eq!(payload(&receive_and_ack(&mut large).await), "small enough");
 }
+
+// [MQTT-3.1.2-25] (5.0): an unacknowledged message resent after a reconnect whose new Maximum
+// Packet Size it exceeds is discarded "as if it had completed sending": it does not keep its
+// in-flight place, so the next message gets through.
+#[tokio::test]
+async fn resent_message_over_the_new_maximum_packet_size_is_discarded() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "shrinks", true, expiry(60)).await;
+    subscribe(&mut sub, "q/#", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = connected(broker.addr, Protocol::V5, "pub", true, |_| {}).await;
+    let big = "x".repeat(100);
+    publish(&mut publisher, "q/t", &big, QoS::AtLeastOnce, 1).await;
+    assert_eq!(payload(&expect_publish(&mut sub).await), big);
+    drop(sub); // no PUBACK
+    wait_offline(&broker.broker, "shrinks").await;
+
+    let (mut sub, ack) = connected(broker.addr, Protocol::V5, "shrinks", false, |c| {
+        c.properties.session_expiry_interval = Some(60);
+        c.properties.maximum_packet_size = Some(64);
+        c.properties.receive_maximum = Some(1);
+    })
+    .await;
+    assert!(ack.session_present);
+    publish(&mut publisher, "q/t", "small", QoS::AtLeastOnce, 2).await;
+    let p = receive_and_ack(&mut sub).await;
+    assert_eq!((payload(&p), p.dup), ("small", false));
+    sub.expect_silence(Duration::from_millis(100)).await;
+}
