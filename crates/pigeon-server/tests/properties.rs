@@ -82,6 +82,17 @@ async fn topic_aliases_from_the_client_are_resolved() {
             ("alias/max", b"6"),
         ]
     );
+    // A retained message published through an alias is stored under the full topic.
+    let mut p = with_alias("", 1, b"kept");
+    p.retain = true;
+    publish(&mut publisher, p).await;
+    received(&mut publisher, &mut sub).await;
+    let mut late = connect(broker.addr, V5, "ta-late").await;
+    subscribe_sentinel(&mut late).await;
+    subscribe(&mut late, "alias/+", QoS::AtLeastOnce).await;
+    let got = received(&mut publisher, &mut late).await;
+    assert_eq!(topics(&got), ["alias/u"]);
+    assert_eq!(&got[0].payload[..], b"kept");
     broker.stop().await;
 }
 
@@ -675,5 +686,44 @@ async fn an_alias_is_not_set_by_a_message_too_large_to_send() {
         ]
     );
     assert_ne!(a, b);
+    broker.stop().await;
+}
+
+/// [MQTT-3.3.2-5], [MQTT-3.3.2-6] for a connected client whose Receive Maximum holds messages
+/// back: one that expires while waiting is not sent, the others go out with what is left.
+#[tokio::test(start_paused = true)]
+async fn message_expiry_applies_while_the_in_flight_window_is_full() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connect_with(broker.addr, V5, "expw-sub", true, |c| {
+        c.properties.receive_maximum = Some(1);
+    })
+    .await;
+    subscribe(&mut sub, "expw", QoS::AtLeastOnce).await;
+    let mut publisher = connect(broker.addr, V5, "expw-pub").await;
+    for (payload, expiry) in [(b"first", 100), (b"short", 5), (b"third", 100)] {
+        let mut p = message("expw", payload, QoS::AtLeastOnce);
+        p.properties.message_expiry_interval = Some(expiry);
+        publish(&mut publisher, p).await;
+    }
+    let first = match sub.recv().await {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    assert_eq!(&first.payload[..], b"first");
+    assert_eq!(first.properties.message_expiry_interval, Some(100));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    sub.send(&Packet::PubAck(PubResp {
+        packet_id: first.packet_id,
+        ..Default::default()
+    }))
+    .await;
+    let next = next_publish(&mut sub).await;
+    assert_eq!(
+        &next.payload[..],
+        b"third",
+        "the 5 s message expired in the queue"
+    );
+    assert_eq!(next.properties.message_expiry_interval, Some(90));
+    expect_no_publish(&mut sub).await;
     broker.stop().await;
 }

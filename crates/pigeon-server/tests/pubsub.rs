@@ -108,6 +108,23 @@ async fn empty_topic_levels_are_levels() {
     broker.stop().await;
 }
 
+/// A `$` is special only at the start of a topic: `a/$b` is an ordinary topic.
+#[tokio::test]
+async fn a_dollar_inside_a_topic_is_an_ordinary_character() {
+    let broker = Broker::start().await;
+    let topics = ["a/$b", "$c/$d"];
+    let table: &[(&str, &[&str])] = &[
+        ("a/+", &["a/$b"]),
+        ("#", &["a/$b"]),
+        ("+/$b", &["a/$b"]),
+        ("$c/+", &["$c/$d"]),
+        ("$c/$d", &["$c/$d"]),
+        ("+/+", &["a/$b"]),
+    ];
+    check_table(broker.addr, Protocol::V5, table, &topics).await;
+    broker.stop().await;
+}
+
 /// [MQTT-4.7.2-1]: filters starting with a wildcard do not match topic names starting with `$`.
 #[tokio::test]
 async fn dollar_topics_are_not_matched_by_leading_wildcards() {

@@ -506,3 +506,36 @@ async fn the_dup_flag_is_not_forwarded() {
     assert!(got.iter().all(|p| !p.dup), "{got:?}");
     broker.stop().await;
 }
+
+/// [MQTT-3.3.4-9]: a QoS 2 delivery holds its place in the client's Receive Maximum until
+/// PUBCOMP, through the PUBREL stage.
+#[tokio::test]
+async fn a_qos2_delivery_holds_its_window_slot_until_pubcomp() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connect_with(broker.addr, Protocol::V5, "slot", true, |c| {
+        c.properties.receive_maximum = Some(1);
+    })
+    .await;
+    subscribe(&mut sub, "slot", QoS::ExactlyOnce).await;
+    let mut publisher = connect(broker.addr, Protocol::V5, "slot-pub").await;
+    publish(&mut publisher, message("slot", b"1", QoS::ExactlyOnce)).await;
+    publish(&mut publisher, message("slot", b"2", QoS::ExactlyOnce)).await;
+    let first = match sub.recv().await {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    assert_eq!(&first.payload[..], b"1");
+    let resp = PubResp {
+        packet_id: first.packet_id,
+        ..Default::default()
+    };
+    sub.send(&Packet::PubRec(resp.clone())).await;
+    match sub.recv().await {
+        Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, first.packet_id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    sub.expect_silence(Duration::from_millis(200)).await;
+    sub.send(&Packet::PubComp(resp)).await;
+    assert_eq!(payloads(&exactly(&mut sub, 1).await), ["2"]);
+    broker.stop().await;
+}
