@@ -58,40 +58,57 @@ impl<'a> PublishHead<'a> {
 /// # Panics
 /// If the topic or a property string is longer than 65,535 bytes, or the packet longer than
 /// 268,435,455 bytes: the wire cannot express either.
+#[inline]
 pub fn encode_publish_head(head: &PublishHead<'_>, protocol: Protocol, buf: &mut BytesMut) {
-    let remaining = publish_remaining_len(head, protocol);
+    // The hot path of fan-out: lengths are computed directly rather than through a counting
+    // pass, and the header is written with fixed-size stores.
+    let props_len = publish_properties_len(head, protocol);
+    let remaining = publish_remaining_len(head, protocol, props_len);
     let mut first = (kind::PUBLISH << 4) | ((head.qos as u8) << 1) | u8::from(head.retain);
     if head.dup && head.qos != QoS::AtMostOnce {
         first |= 0b1000;
     }
+    let topic_len = u16::try_from(head.topic.len()).expect("topic longer than 65,535 bytes");
     // Room for the payload too, so the caller's append does not grow the buffer a second time.
     buf.reserve(1 + varint_len(remaining) + remaining);
     buf.put_u8(first);
     buf.varint(remaining);
-    publish_variable_header(head, protocol, buf);
+    buf.put_u16(topic_len);
+    buf.extend_from_slice(head.topic.as_bytes());
+    if head.qos != QoS::AtMostOnce {
+        buf.put_u16(head.packet_id);
+    }
+    if protocol.is_v5() {
+        buf.varint(props_len);
+        HeadProperties(head).visit(buf);
+    }
 }
 
 /// The whole size of a PUBLISH described by `head` (fixed header, variable header, payload), so the
 /// broker can skip a subscriber whose Maximum Packet Size it would exceed (MQTT-3.1.2-24).
 pub fn publish_head_len(head: &PublishHead<'_>, protocol: Protocol) -> usize {
-    let remaining = publish_remaining_len(head, protocol);
+    let remaining = publish_remaining_len(head, protocol, publish_properties_len(head, protocol));
     1 + varint_len(remaining) + remaining
 }
 
-fn publish_remaining_len(head: &PublishHead<'_>, protocol: Protocol) -> usize {
-    let mut count = Count(0);
-    publish_variable_header(head, protocol, &mut count);
-    count.0 + head.payload_len
+fn publish_properties_len(head: &PublishHead<'_>, protocol: Protocol) -> usize {
+    if protocol.is_v5() {
+        properties_len(&HeadProperties(head))
+    } else {
+        0
+    }
 }
 
-fn publish_variable_header<S: Sink>(head: &PublishHead<'_>, protocol: Protocol, s: &mut S) {
-    s.string(head.topic);
+/// Topic, packet identifier, properties and payload.
+fn publish_remaining_len(head: &PublishHead<'_>, protocol: Protocol, props_len: usize) -> usize {
+    let mut len = 2 + head.topic.len() + head.payload_len;
     if head.qos != QoS::AtMostOnce {
-        s.u16(head.packet_id);
+        len += 2;
     }
     if protocol.is_v5() {
-        s.properties(&HeadProperties(head));
+        len += varint_len(props_len) + props_len;
     }
+    len
 }
 
 /// Writes `packet` as `protocol` speaks it. 5.0-only fields are left out for 3.x. A CONNECT is
@@ -168,8 +185,15 @@ fn body<S: Sink>(packet: &Packet, protocol: Protocol, s: &mut S) {
             }
         }
         Packet::Publish(p) => {
+            // Not reached: `encode` and `encoded_len` take PUBLISH through its head.
             let head = PublishHead::of(p);
-            publish_variable_header(&head, protocol, s);
+            s.string(head.topic);
+            if head.qos != QoS::AtMostOnce {
+                s.u16(head.packet_id);
+            }
+            if v5 {
+                s.properties(&HeadProperties(&head));
+            }
             s.raw(&p.payload);
         }
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
@@ -300,6 +324,27 @@ fn varint_len(v: usize) -> usize {
 
 const MAX_VARINT: usize = 268_435_455;
 
+/// Writes `v` as a variable byte integer into `out` (at least 4 bytes); returns the bytes used.
+#[inline]
+fn write_varint(out: &mut [u8], v: usize) -> usize {
+    assert!(
+        v <= MAX_VARINT,
+        "packet or property section longer than 268,435,455 bytes"
+    );
+    let mut v = v;
+    let mut i = 0;
+    loop {
+        let byte = (v & 0x7F) as u8;
+        v >>= 7;
+        if v == 0 {
+            out[i] = byte;
+            return i + 1;
+        }
+        out[i] = byte | 0x80;
+        i += 1;
+    }
+}
+
 /// Where a body goes: counted or written.
 trait Sink {
     fn u8(&mut self, v: u8);
@@ -308,12 +353,14 @@ trait Sink {
     fn raw(&mut self, b: &[u8]);
     fn varint(&mut self, v: usize);
 
+    #[inline]
     fn binary(&mut self, b: &[u8]) {
         let len = u16::try_from(b.len()).expect("string or binary field longer than 65,535 bytes");
         self.u16(len);
         self.raw(b);
     }
 
+    #[inline]
     fn string(&mut self, s: &str) {
         self.binary(s.as_bytes());
     }
@@ -327,6 +374,7 @@ trait Sink {
         p.visit(self);
     }
 
+    #[inline]
     fn prop_u8(&mut self, id: u8, v: Option<u8>) {
         if let Some(v) = v {
             self.u8(id);
@@ -334,10 +382,12 @@ trait Sink {
         }
     }
 
+    #[inline]
     fn prop_bool(&mut self, id: u8, v: Option<bool>) {
         self.prop_u8(id, v.map(u8::from));
     }
 
+    #[inline]
     fn prop_u16(&mut self, id: u8, v: Option<u16>) {
         if let Some(v) = v {
             self.u8(id);
@@ -345,6 +395,7 @@ trait Sink {
         }
     }
 
+    #[inline]
     fn prop_u32(&mut self, id: u8, v: Option<u32>) {
         if let Some(v) = v {
             self.u8(id);
@@ -352,11 +403,13 @@ trait Sink {
         }
     }
 
+    #[inline]
     fn prop_varint(&mut self, id: u8, v: u32) {
         self.u8(id);
         self.varint(v as usize);
     }
 
+    #[inline]
     fn prop_str(&mut self, id: u8, v: Option<&ByteStr>) {
         if let Some(v) = v {
             self.u8(id);
@@ -364,6 +417,7 @@ trait Sink {
         }
     }
 
+    #[inline]
     fn prop_bin(&mut self, id: u8, v: Option<&Bytes>) {
         if let Some(v) = v {
             self.u8(id);
@@ -371,6 +425,7 @@ trait Sink {
         }
     }
 
+    #[inline]
     fn user_properties(&mut self, list: &UserProperties) {
         for (k, v) in list {
             self.u8(id::USER_PROPERTY);
@@ -384,51 +439,63 @@ trait Sink {
 struct Count(usize);
 
 impl Sink for Count {
+    /// One visit instead of the default's two (length, then contents): counting a property set
+    /// needs only its length.
+    #[inline]
+    fn properties<P: Properties>(&mut self, p: &P) {
+        let len = properties_len(p);
+        self.0 += varint_len(len) + len;
+    }
+
+    #[inline]
     fn u8(&mut self, _: u8) {
         self.0 += 1;
     }
+    #[inline]
     fn u16(&mut self, _: u16) {
         self.0 += 2;
     }
+    #[inline]
     fn u32(&mut self, _: u32) {
         self.0 += 4;
     }
+    #[inline]
     fn raw(&mut self, b: &[u8]) {
         self.0 += b.len();
     }
+    #[inline]
     fn varint(&mut self, v: usize) {
         self.0 += varint_len(v);
     }
 }
 
 impl Sink for BytesMut {
+    #[inline]
     fn u8(&mut self, v: u8) {
         self.put_u8(v);
     }
+    #[inline]
     fn u16(&mut self, v: u16) {
         self.put_u16(v);
     }
+    #[inline]
     fn u32(&mut self, v: u32) {
         self.put_u32(v);
     }
+    #[inline]
     fn raw(&mut self, b: &[u8]) {
         self.extend_from_slice(b);
     }
+    #[inline]
     fn varint(&mut self, v: usize) {
-        assert!(
-            v <= MAX_VARINT,
-            "packet or property section longer than 268,435,455 bytes"
-        );
-        let mut v = v;
-        loop {
-            let byte = (v & 0x7F) as u8;
-            v >>= 7;
-            if v == 0 {
-                self.put_u8(byte);
-                return;
-            }
-            self.put_u8(byte | 0x80);
+        if v < 128 {
+            // Most property sections and many packets: one byte, no scratch copy.
+            self.put_u8(v as u8);
+            return;
         }
+        let mut bytes = [0u8; 4];
+        let n = write_varint(&mut bytes, v);
+        self.extend_from_slice(&bytes[..n]);
     }
 }
 

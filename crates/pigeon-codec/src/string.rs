@@ -23,10 +23,13 @@ impl std::hash::Hash for ByteStr {
 impl ByteStr {
     /// Checks `bytes` against the MQTT string rules; `None` if they break one.
     pub fn from_utf8(bytes: Bytes) -> Option<ByteStr> {
-        let s = std::str::from_utf8(&bytes).ok()?;
-        if s.contains('\0') {
+        // U+0000 is the byte 0 in UTF-8 and no other character's encoding holds a 0 byte, so a
+        // byte scan finds it. A fold without early exit vectorizes; for strings as short as
+        // topics and property values it beats memchr's set-up (seen in the decode profile).
+        if bytes.iter().fold(false, |nul, &b| nul | (b == 0)) {
             return None;
         }
+        std::str::from_utf8(&bytes).ok()?;
         Some(ByteStr(bytes))
     }
 

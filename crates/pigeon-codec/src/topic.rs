@@ -18,7 +18,15 @@ pub const SHARE_PREFIX: &str = "$share/";
 
 /// A topic name as a PUBLISH or a will may carry it.
 pub fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= MAX_LEN && !topic.contains(['+', '#'])
+    !topic.is_empty() && topic.len() <= MAX_LEN && !has_wildcard(topic)
+}
+
+/// Does `s` contain `+` or `#`? Scans bytes, not chars: both are ASCII, and UTF-8 never uses an
+/// ASCII byte inside a multi-byte character. A char-pattern `contains` decodes every character,
+/// which showed up in the PUBLISH decode profile; a fold without early exit vectorizes.
+pub(crate) fn has_wildcard(s: &str) -> bool {
+    s.bytes()
+        .fold(false, |found, b| found | (b == b'+') | (b == b'#'))
 }
 
 /// A topic filter as a SUBSCRIBE or UNSUBSCRIBE may carry it, shared form included.
@@ -53,7 +61,7 @@ fn valid_plain_filter(filter: &str) -> bool {
         match level {
             "#" => return levels.peek().is_none(),
             "+" => {}
-            _ if level.contains(['+', '#']) => return false,
+            _ if has_wildcard(level) => return false,
             _ => {}
         }
     }
