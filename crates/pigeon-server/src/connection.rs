@@ -439,6 +439,10 @@ where
         });
         tokio::pin!(sleep);
         let session = Arc::clone(&self.session);
+        // Packets that came in the same read as CONNECT are already buffered.
+        if let Err(close) = self.handle_input() {
+            return close;
+        }
         loop {
             self.drain_queue();
             let io = &mut self.io;

@@ -316,3 +316,45 @@ async fn enhanced_authentication_method_is_refused_with_0x8c() {
         "a refused client has no session"
     );
 }
+
+// 5.0 section 3.1.4: "Clients are allowed to send further MQTT Control Packets immediately after
+// sending a CONNECT packet". CONNECT, SUBSCRIBE and PINGREQ in one write are all answered.
+#[tokio::test]
+async fn packets_sent_right_behind_connect_are_served() {
+    let broker = Broker::start().await;
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let mut raw = Raw::connect(broker.addr, protocol).await;
+        let mut bytes = bytes::BytesMut::new();
+        let connect = pigeon_codec::Connect {
+            protocol,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "eager".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Default::default(),
+        };
+        pigeon_codec::encode(&Packet::Connect(Box::new(connect)), protocol, &mut bytes);
+        let subscribe = pigeon_codec::Subscribe {
+            packet_id: 4,
+            filters: vec![("eager/t".into(), Default::default())],
+            properties: Default::default(),
+        };
+        pigeon_codec::encode(&Packet::Subscribe(subscribe), protocol, &mut bytes);
+        pigeon_codec::encode(&Packet::PingReq, protocol, &mut bytes);
+        raw.send_bytes(&bytes).await;
+        match raw.recv().await {
+            Some(Packet::ConnAck(a)) => assert_eq!(a.code, ReasonCode::SUCCESS),
+            other => panic!("{protocol:?}: expected CONNACK, got {other:?}"),
+        }
+        match raw.recv().await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.packet_id, 4),
+            other => panic!("{protocol:?}: expected SUBACK, got {other:?}"),
+        }
+        match raw.recv().await {
+            Some(Packet::PingResp) => {}
+            other => panic!("{protocol:?}: expected PINGRESP, got {other:?}"),
+        }
+    }
+}
