@@ -119,6 +119,17 @@ const V5_CASES: &[Case] = &[
         bytes: &[0x30, 0x03, 0x00, 0x05, b't'],
         reason: MALFORMED,
     },
+    // Packets only a server sends: well-formed, but a protocol error from a client.
+    Case {
+        name: "CONNACK from a client",
+        bytes: &[0x20, 0x03, 0x00, 0x00, 0x00],
+        reason: PROTOCOL,
+    },
+    Case {
+        name: "PINGRESP from a client",
+        bytes: &[0xD0, 0x00],
+        reason: PROTOCOL,
+    },
     // Table 2-1: packet type 0 is reserved.
     Case {
         name: "packet type 0",
@@ -168,6 +179,11 @@ const V311_CASES: &[Case] = &[
         name: "remaining length over four bytes",
         bytes: &[0x30, 0x80, 0x80, 0x80, 0x80, 0x01],
         reason: MALFORMED,
+    },
+    Case {
+        name: "PINGRESP from a client",
+        bytes: &[0xD0, 0x00],
+        reason: PROTOCOL,
     },
     // AUTH exists only in 5.0.
     Case {
