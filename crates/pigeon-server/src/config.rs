@@ -1,7 +1,9 @@
 //! The broker's configuration: typed, validated at load, unknown keys refused.
 //!
 //! One TOML file (DESIGN.md "Contract"). With no file, `Config::default()` serves MQTT on
-//! 127.0.0.1:1883. With a file, its `[[listener]]` list is the complete list of listeners.
+//! 127.0.0.1:1883, MQTT over WebSocket on 127.0.0.1:8083 (path `/mqtt`) and HTTP on
+//! 127.0.0.1:18083. With a file, its `[[listener]]` list is the complete list of listeners, and
+//! HTTP runs only if the file has an `[http]` section.
 //! Loading takes two passes over the text: serde into the typed `Config` (syntax, types, unknown
 //! keys), then `validate()` for rules on values. Errors of both passes name file, line, column
 //! and key; positions come from a second parse that keeps spans (`toml::de::DeTable`), so the
@@ -11,7 +13,7 @@
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
@@ -30,13 +32,51 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The HTTP listener (health, static files); `None` when a file has no `[http]` section.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
+    /// MQTT over TCP.
     Mqtt,
+    /// MQTT over TLS.
+    Mqtts,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
 }
+
+impl ListenerProtocol {
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Mqtts | ListenerProtocol::Wss)
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerProtocol::Ws | ListenerProtocol::Wss)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Mqtt => "mqtt",
+            ListenerProtocol::Mqtts => "mqtts",
+            ListenerProtocol::Ws => "ws",
+            ListenerProtocol::Wss => "wss",
+        }
+    }
+}
+
+impl fmt::Display for ListenerProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The WebSocket path when a ws/wss listener sets none.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,10 +85,79 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     #[serde(default = "default_protocol")]
     pub protocol: ListenerProtocol,
+    /// ws/wss: the only HTTP path upgraded; `None` means `/mqtt`.
+    pub path: Option<String>,
+    /// mqtts/wss: the server's certificate chain, PEM, leaf first.
+    pub tls_cert: Option<PathBuf>,
+    /// mqtts/wss: the server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// mqtts/wss: CA certificates (PEM) that sign client certificates. When set, clients must
+    /// present a certificate signed by one of them, unless `tls_client_optional`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Clients without a certificate are accepted too; a certificate sent is still verified.
+    #[serde(default)]
+    pub tls_client_optional: bool,
+    /// The Common Name of the client's certificate becomes its username, replacing CONNECT's;
+    /// a client without a certificate is refused (CONNACK Not authorized), as in mosquitto.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// ws/wss: browser origins allowed to connect (`https://example.com`); empty allows any.
+    /// A request without an Origin header (not a browser) is allowed.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// ws/wss: peers whose `X-Forwarded-For` header names the client's real address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl ListenerConfig {
+    /// A listener with every optional key at its default.
+    pub fn new(bind: SocketAddr, protocol: ListenerProtocol) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            protocol,
+            path: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_client_optional: false,
+            use_identity_as_username: false,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    /// The WebSocket path: `path`, or `/mqtt`.
+    pub fn ws_path(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULT_WS_PATH)
+    }
 }
 
 fn default_protocol() -> ListenerProtocol {
     ListenerProtocol::Mqtt
+}
+
+/// The HTTP listener: a health and index response, and static files when `static_dir` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_http_bind", deserialize_with = "socket_addr")]
+    pub bind: SocketAddr,
+    /// Files under this directory are served at their relative path; none are served when unset.
+    pub static_dir: Option<PathBuf>,
+}
+
+fn default_http_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 18083))
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: default_http_bind(),
+            static_dir: None,
+        }
+    }
 }
 
 /// `SocketAddr`'s own message ("invalid socket address syntax") does not say what is expected.
@@ -117,6 +226,8 @@ pub struct Limits {
     pub max_keepalive: u16,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: u64,
+    /// Seconds a TLS or WebSocket handshake may take, counted from the TCP accept.
+    pub handshake_timeout: u64,
     /// Largest packet accepted, in bytes, whole packet (5.0 Maximum Packet Size).
     pub max_packet_size: u32,
     /// Connections beyond this are refused (5.0: CONNACK 0x97 Quota exceeded; 3.1.1: return code 3).
@@ -137,6 +248,7 @@ impl Default for Limits {
         Limits {
             max_keepalive: 0,
             connect_timeout: 10,
+            handshake_timeout: 10,
             max_packet_size: 1024 * 1024,
             max_connections: 1_000_000,
             max_inflight: 32,
@@ -148,17 +260,27 @@ impl Default for Limits {
 }
 
 impl Default for Config {
-    /// The built-in defaults: MQTT on 127.0.0.1:1883, memory storage.
+    /// The built-in defaults: MQTT on 127.0.0.1:1883, MQTT over WebSocket on 127.0.0.1:8083
+    /// path `/mqtt`, HTTP on 127.0.0.1:18083, memory storage.
     fn default() -> Self {
+        let mut ws = ListenerConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], 8083)),
+            ListenerProtocol::Ws,
+        );
+        ws.path = Some(DEFAULT_WS_PATH.to_owned());
         Config {
-            listeners: vec![ListenerConfig {
-                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-                protocol: ListenerProtocol::Mqtt,
-            }],
+            listeners: vec![
+                ListenerConfig::new(
+                    SocketAddr::from(([127, 0, 0, 1], 1883)),
+                    ListenerProtocol::Mqtt,
+                ),
+                ws,
+            ],
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             limits: Limits::default(),
             mqtt: MqttConfig::default(),
+            http: Some(HttpConfig::default()),
         }
     }
 }
@@ -180,8 +302,35 @@ pub const DEFAULT_CONFIG: &str = r#"# Pigeon configuration. Every key is listed 
 [[listener]]
 # Address to listen on, as IP:port ("0.0.0.0:1883" for every IPv4 interface; port 0 picks a free port).
 bind = "127.0.0.1:1883"
-# Protocol spoken on the socket: "mqtt" (MQTT over TCP) is the only one so far.
+# Protocol spoken on the socket: "mqtt" (TCP), "mqtts" (TLS), "ws" (WebSocket) or "wss"
+# (WebSocket over TLS).
 protocol = "mqtt"
+# ws and wss only: the HTTP path upgraded to WebSocket; other paths get 404.
+# path = "/mqtt"
+# ws and wss only: browser origins allowed (the Origin header, as "https://host[:port]");
+# empty allows any. Requests without an Origin header (not from a browser) are allowed.
+# allowed_origins = []
+# ws and wss only: addresses of reverse proxies whose X-Forwarded-For header gives the
+# client's address (the right-most address not in this list). Empty: the header is ignored.
+# trusted_proxies = []
+# mqtts and wss only: the certificate chain (leaf first) and private key, PEM files. Both are
+# read again on SIGHUP; a reload that fails keeps the certificates in use.
+# tls_cert = "/etc/pigeon/server.crt"
+# tls_key = "/etc/pigeon/server.key"
+# mqtts and wss only: CA certificates (PEM) for client certificates. When set, a client must
+# present a certificate signed by one of them.
+# tls_client_ca = "/etc/pigeon/clients-ca.crt"
+# With tls_client_ca: also accept clients that present no certificate.
+# tls_client_optional = false
+# With tls_client_ca: the Common Name of the client's certificate is its username, whatever
+# CONNECT says; a client without a certificate is refused.
+# use_identity_as_username = false
+
+[[listener]]
+bind = "127.0.0.1:8083"
+protocol = "ws"
+path = "/mqtt"
+
 
 [storage]
 # Where sessions and retained messages live: "memory" (lost at restart) is the only backend so far.
@@ -200,6 +349,8 @@ backend = "memory"
 max_keepalive = 0
 # Seconds a new connection has to send CONNECT (1 to 3600).
 connect_timeout = 10
+# Seconds a TLS or WebSocket handshake may take from the TCP accept (1 to 3600).
+handshake_timeout = 10
 # Largest packet accepted, in bytes, whole packet (16 to 268435460).
 max_packet_size = 1048576
 # Connections beyond this many are refused.
@@ -222,6 +373,13 @@ topic_alias_maximum = 64
 max_session_expiry = 4294967295
 # Queue QoS 0 messages for offline persistent sessions, as well as QoS 1 and 2.
 queue_qos0 = false
+
+# The HTTP listener: GET /health, a small index at /, and static files. With a config file it
+# runs only if this section is present.
+[http]
+bind = "127.0.0.1:18083"
+# Serve the files under this directory (index.html for a directory); unset serves none.
+# static_dir = "./public"
 "#;
 
 /// Why a configuration was refused. The `Display` form is the whole message for a user:
@@ -393,12 +551,36 @@ impl Config {
                     reason,
                 ));
             }
+            check_listener(i, listener)?;
+        }
+        if let Some(http) = &self.http {
+            let clash = self
+                .listeners
+                .iter()
+                .position(|l| addresses_collide(l.bind, http.bind));
+            if let Some(j) = clash {
+                return Err(Problem::new(
+                    &[Key("http"), Key("bind")],
+                    format!(
+                        "{} collides with {} of listener {}",
+                        http.bind,
+                        self.listeners[j].bind,
+                        j + 1
+                    ),
+                ));
+            }
         }
 
         let limits = &self.limits;
         between(
             "connect_timeout",
             limits.connect_timeout,
+            1,
+            MAX_CONNECT_TIMEOUT,
+        )?;
+        between(
+            "handshake_timeout",
+            limits.handshake_timeout,
             1,
             MAX_CONNECT_TIMEOUT,
         )?;
@@ -414,6 +596,86 @@ impl Config {
         at_least("max_topic_levels", limits.max_topic_levels, 1)?;
         Ok(())
     }
+}
+
+/// The keys of one listener that depend on its protocol.
+fn check_listener(i: usize, l: &ListenerConfig) -> Result<(), Problem> {
+    let problem = |key: &str, reason: String| {
+        Err(Problem::new(&[Key("listener"), Index(i), Key(key)], reason))
+    };
+    let protocol = l.protocol;
+    if !protocol.is_websocket() {
+        let set = [
+            ("path", l.path.is_some()),
+            ("allowed_origins", !l.allowed_origins.is_empty()),
+            ("trusted_proxies", !l.trusted_proxies.is_empty()),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+            return problem(
+                key,
+                format!("only ws and wss listeners take `{key}` (this one is {protocol})"),
+            );
+        }
+    }
+    if !protocol.is_tls() {
+        let set = [
+            ("tls_cert", l.tls_cert.is_some()),
+            ("tls_key", l.tls_key.is_some()),
+            ("tls_client_ca", l.tls_client_ca.is_some()),
+            ("tls_client_optional", l.tls_client_optional),
+            ("use_identity_as_username", l.use_identity_as_username),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+            return problem(
+                key,
+                format!("only mqtts and wss listeners take `{key}` (this one is {protocol})"),
+            );
+        }
+    } else {
+        for (key, value) in [("tls_cert", &l.tls_cert), ("tls_key", &l.tls_key)] {
+            if value.is_none() {
+                return problem(
+                    "protocol",
+                    format!("{protocol} needs `{key}` (a PEM file) on the same listener"),
+                );
+            }
+        }
+        if l.tls_client_ca.is_none() {
+            if l.tls_client_optional {
+                return problem(
+                    "tls_client_optional",
+                    "needs `tls_client_ca`, the CA that signs client certificates".to_owned(),
+                );
+            }
+            if l.use_identity_as_username {
+                return problem(
+                    "use_identity_as_username",
+                    "needs `tls_client_ca`: the identity comes from a verified client certificate"
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    if let Some(path) = &l.path {
+        if !path.starts_with('/') || path.contains(['?', '#', ' ', '\t']) {
+            return problem(
+                "path",
+                format!("`{path}` is not an HTTP path: it starts with / and has no query (e.g. \"/mqtt\")"),
+            );
+        }
+    }
+    for origin in &l.allowed_origins {
+        let valid = origin.split_once("://").is_some_and(|(scheme, host)| {
+            !scheme.is_empty() && !host.is_empty() && !host.contains('/')
+        });
+        if !valid {
+            return problem(
+                "allowed_origins",
+                format!("`{origin}` is not an origin: write scheme://host[:port], without a path (e.g. \"https://example.com\")"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Two binds collide when the second would fail with "address in use": same port (not 0, which
@@ -681,6 +943,7 @@ mod tests {
             ("[auth]", "[auth]\n__probe = 1\n".to_owned()),
             ("[limits]", "[limits]\n__probe = 1\n".to_owned()),
             ("[mqtt]", "[mqtt]\n__probe = 1\n".to_owned()),
+            ("[http]", "[http]\n__probe = 1\n".to_owned()),
         ];
         for (section, text) in sections {
             let message = error(&text);
@@ -756,16 +1019,20 @@ queue_qos0 = true
         assert_eq!(
             error(&text),
             "pigeon.toml:2:1: bnd: unknown field `bnd`, expected one of `listener`, `storage`, \
-             `auth`, `limits`, `mqtt`"
+             `auth`, `limits`, `mqtt`, `http`"
         );
     }
 
     #[test]
     fn unknown_nested_key_names_line_and_key() {
         let text = "[[listener]]\nbnd = \"127.0.0.1:1883\"\n";
-        assert_eq!(
-            error(text),
-            "pigeon.toml:2:1: [[listener]] bnd: unknown field `bnd`, expected `bind` or `protocol`"
+        let message = error(text);
+        assert!(
+            message.starts_with(
+                "pigeon.toml:2:1: [[listener]] bnd: unknown field `bnd`, expected one of `bind`, \
+                 `protocol`, `path`"
+            ),
+            "{message}"
         );
         let text = format!("{ONE_LISTENER}[limits]\n  max_inflght = 3\n");
         let message = error(&text);
@@ -805,10 +1072,115 @@ queue_qos0 = true
             "pigeon.toml:2:8: [[listener]] bind: `localhost:1883` is not an IP:port address, \
              such as 127.0.0.1:1883 or [::1]:1883"
         );
-        let text = format!("{ONE_LISTENER}protocol = \"ws\"\n");
+        let text = format!("{ONE_LISTENER}protocol = \"quic\"\n");
         assert_eq!(
             error(&text),
-            "pigeon.toml:3:12: [[listener]] protocol: unknown variant `ws`, expected `mqtt`"
+            "pigeon.toml:3:12: [[listener]] protocol: unknown variant `quic`, expected one of \
+             `mqtt`, `mqtts`, `ws`, `wss`"
+        );
+    }
+
+    #[test]
+    fn websocket_and_tls_listeners_parse() {
+        let text = r#"
+[[listener]]
+bind = "127.0.0.1:8083"
+protocol = "ws"
+allowed_origins = ["https://example.com", "http://localhost:8080"]
+trusted_proxies = ["127.0.0.1", "::1"]
+
+[[listener]]
+bind = "0.0.0.0:8884"
+protocol = "wss"
+path = "/ws"
+tls_cert = "server.crt"
+tls_key = "server.key"
+
+[[listener]]
+bind = "0.0.0.0:8883"
+protocol = "mqtts"
+tls_cert = "server.crt"
+tls_key = "server.key"
+tls_client_ca = "ca.crt"
+tls_client_optional = true
+use_identity_as_username = true
+
+[http]
+static_dir = "public"
+"#;
+        let config = Config::from_toml_str(text, "pigeon.toml").expect("valid");
+        let [ws, wss, mqtts] = &config.listeners[..] else {
+            panic!("three listeners")
+        };
+        assert_eq!(ws.ws_path(), "/mqtt");
+        assert_eq!(ws.trusted_proxies.len(), 2);
+        assert_eq!(wss.ws_path(), "/ws");
+        assert!(wss.protocol.is_tls() && wss.protocol.is_websocket());
+        assert!(mqtts.use_identity_as_username && mqtts.tls_client_optional);
+        let http = config.http.expect("[http] present");
+        assert_eq!(http.bind, HttpConfig::default().bind);
+        assert_eq!(http.static_dir, Some(PathBuf::from("public")));
+    }
+
+    #[test]
+    fn a_file_without_http_runs_no_http_listener() {
+        let config = Config::from_toml_str(ONE_LISTENER, "pigeon.toml").expect("valid");
+        assert_eq!(config.http, None);
+        assert!(Config::default().http.is_some());
+    }
+
+    #[test]
+    fn keys_of_another_protocol_are_refused() {
+        let text = format!("{ONE_LISTENER}path = \"/mqtt\"\n");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:3:1: [[listener]] path: only ws and wss listeners take `path` (this one is mqtt)"
+        );
+        let text = "[[listener]]\nbind = \"127.0.0.1:1\"\nprotocol = \"ws\"\ntls_cert = \"a\"\n";
+        assert_eq!(
+            error(text),
+            "pigeon.toml:4:1: [[listener]] tls_cert: only mqtts and wss listeners take `tls_cert` (this one is ws)"
+        );
+        let text = "[[listener]]\nbind = \"127.0.0.1:1\"\nprotocol = \"mqtts\"\ntls_cert = \"a\"\n";
+        assert_eq!(
+            error(text),
+            "pigeon.toml:3:1: [[listener]] protocol: mqtts needs `tls_key` (a PEM file) on the same listener"
+        );
+        let tls = "[[listener]]\nbind = \"127.0.0.1:1\"\nprotocol = \"wss\"\ntls_cert = \"a\"\ntls_key = \"b\"\n";
+        let message = error(&format!("{tls}use_identity_as_username = true\n"));
+        assert!(
+            message.starts_with(
+                "pigeon.toml:6:1: [[listener]] use_identity_as_username: needs `tls_client_ca`"
+            ),
+            "{message}"
+        );
+        let message = error(&format!("{tls}tls_client_optional = true\n"));
+        assert!(
+            message.starts_with(
+                "pigeon.toml:6:1: [[listener]] tls_client_optional: needs `tls_client_ca`"
+            ),
+            "{message}"
+        );
+        let message = error(&format!("{tls}path = \"mqtt\"\n"));
+        assert!(
+            message.starts_with("pigeon.toml:6:1: [[listener]] path: `mqtt` is not an HTTP path"),
+            "{message}"
+        );
+        let message = error(&format!(
+            "{tls}allowed_origins = [\"https://a.example/\"]\n"
+        ));
+        assert!(
+            message.starts_with("pigeon.toml:6:1: [[listener]] allowed_origins: `https://a.example/` is not an origin"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn http_bind_may_not_collide_with_a_listener() {
+        let text = format!("{ONE_LISTENER}[http]\nbind = \"0.0.0.0:1883\"\n");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:4:1: [http] bind: 0.0.0.0:1883 collides with 127.0.0.1:1883 of listener 1"
         );
     }
 

@@ -8,6 +8,7 @@
 //! syscall.
 
 use crate::config::Config;
+use crate::tls::Username;
 use bytes::{Buf, BytesMut};
 use pigeon_codec::{
     encode, encode_publish_head, publish_head_len, topic, ByteStr, ConnAck, ConnAckProperties,
@@ -68,6 +69,7 @@ impl Close {
 pub(crate) async fn serve<S>(
     socket: S,
     peer: SocketAddr,
+    username: Username,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -84,6 +86,7 @@ pub(crate) async fn serve<S>(
         rbuf: BytesMut::with_capacity(4096),
         wbuf: BytesMut::with_capacity(4096),
         decoder: Decoder::new(limits.max_packet_size),
+        unflushed: false,
     };
     let timeout = Duration::from_secs(limits.connect_timeout);
     let connect = tokio::select! {
@@ -115,7 +118,7 @@ pub(crate) async fn serve<S>(
     };
     if let Some(connect) = connect {
         let over_limit = current > limits.max_connections as u64;
-        run_client(io, *connect, peer, &shared, shutdown, over_limit).await;
+        run_client(io, *connect, peer, username, &shared, shutdown, over_limit).await;
     }
     stats.connections_current.fetch_sub(1, Ordering::Relaxed);
 }
@@ -160,6 +163,9 @@ struct Io<S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
+    /// Bytes were written since the last flush. TLS and WebSocket streams hold written bytes
+    /// until flushed (a WebSocket sends one message per flush); TCP's flush does nothing.
+    unflushed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite> Io<S> {
@@ -225,6 +231,7 @@ async fn run_client<S>(
     mut io: Io<S>,
     connect: Connect,
     peer: SocketAddr,
+    username: Username,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
     over_limit: bool,
@@ -266,6 +273,18 @@ async fn run_client<S>(
         io.flush_best_effort().await;
         return;
     }
+
+    // With `use_identity_as_username` the certificate names the client; auth will read this.
+    let username = match username {
+        Username::FromConnect => connect.username.clone(),
+        Username::FromCertificate(name) => Some(name),
+        Username::CertificateMissing => {
+            warn!("refusing CONNECT: use_identity_as_username is set and the client presented no certificate with a Common Name");
+            refuse(&mut io, ReasonCode::NOT_AUTHORIZED);
+            io.flush_best_effort().await;
+            return;
+        }
+    };
 
     // Client identifier (MQTT-3.1.3-6..8; 5.0 3.1.3.1).
     let mut assigned = None;
@@ -402,7 +421,7 @@ async fn run_client<S>(
         properties,
     };
     encode(&Packet::ConnAck(ack), protocol, &mut client.io.wbuf);
-    info!(%peer, protocol = protocol.level(), clean_start = connect.clean_start, keep_alive, session_present = present, "client connected");
+    info!(%peer, username = username.as_ref().map(ByteStr::as_str), protocol = protocol.level(), clean_start = connect.clean_start, keep_alive, session_present = present, "client connected");
 
     client.resend_inflight();
     let close = client.run(&mut control_rx, &mut shutdown).await;
@@ -456,9 +475,8 @@ where
                 _ = shutdown.changed() => {
                     return Close { reason: Some(ReasonCode::SERVER_SHUTTING_DOWN), departure: Departure::Shutdown };
                 }
-                r = io.writer.write(&io.wbuf), if !io.wbuf.is_empty() => match r {
-                    Ok(0) => return Close { reason: None, departure: Departure::WithWill },
-                    Ok(n) => io.wbuf.advance(n),
+                r = write_or_flush(&mut io.writer, &mut io.wbuf, &mut io.unflushed), if !io.wbuf.is_empty() || io.unflushed => match r {
+                    Ok(()) => {}
                     Err(e) => {
                         debug!(error = %e, "write failed");
                         return Close { reason: None, departure: Departure::WithWill };
@@ -935,6 +953,28 @@ where
         self.broker
             .detach(&self.session, self.connection_id, close.departure, will);
     }
+}
+
+/// Writes from `wbuf` once, or flushes once `wbuf` is empty: TLS and WebSocket streams send
+/// what they hold only on flush. Cancel-safe: the buffer and flag change only after the
+/// operation completes.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    wbuf: &mut BytesMut,
+    unflushed: &mut bool,
+) -> std::io::Result<()> {
+    if wbuf.is_empty() {
+        writer.flush().await?;
+        *unflushed = false;
+    } else {
+        let n = writer.write(wbuf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        wbuf.advance(n);
+        *unflushed = true;
+    }
+    Ok(())
 }
 
 /// Reads more bytes into `rbuf`. Cancel-safe: `read_buf` either reads or leaves `rbuf` untouched.

@@ -2,15 +2,23 @@
 //!
 //! # Layout
 //! - `config`: the typed configuration and its validation.
-//! - `listener`: accept loops; each accepted socket gets its own task at once.
+//! - `listener`: accept loops; each accepted socket gets its own task at once, which runs the
+//!   TLS and WebSocket handshakes under a timeout and then the connection.
+//! - `tls`: rustls configs from PEM files, client certificates, reload.
+//! - `ws`: the WebSocket upgrade and the stream adapter from WebSocket messages to bytes.
 //! - `connection`: one client's task: CONNECT, then a `select!` over socket, session queue,
 //!   keep alive, broker control and shutdown.
+//! - `http`: the HTTP listener: health, index and static files.
 //! - `server`: `Server::bind` / `Server::run`, which tests call with port 0.
 
 pub mod config;
 mod connection;
+mod http;
 mod listener;
 mod server;
+mod tls;
+mod ws;
 
 pub use config::Config;
-pub use server::{Error, Server};
+pub use server::{Error, Server, TlsReloader};
+pub use tls::TlsError;

@@ -1,18 +1,79 @@
-//! Accept loops. Accepting never waits on a client: each socket is handed to its own task
-//! straight away, so a slow or silent client costs only its own task.
+//! Accept loops for the four listener protocols: mqtt, mqtts, ws and wss. Accepting never waits
+//! on a client: each socket is handed to its own task straight away, and that task runs the TLS
+//! and WebSocket handshakes under `limits.handshake_timeout` before the MQTT connection. A slow,
+//! silent or broken handshake costs only its own task.
 
+use crate::config::{ListenerConfig, ListenerProtocol};
 use crate::connection::{self, Shared};
+use crate::tls::{self, TlsSource, Username};
+use crate::ws::{self, WsSettings};
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info_span, warn, Instrument};
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument, Span};
+
+/// What runs on an accepted socket before MQTT.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    Tcp,
+    Tls {
+        tls: Arc<TlsSource>,
+        identity_as_username: bool,
+    },
+    Ws(Arc<WsSettings>),
+    Wss {
+        tls: Arc<TlsSource>,
+        identity_as_username: bool,
+        ws: Arc<WsSettings>,
+    },
+}
+
+impl Transport {
+    /// Builds the transport of a configured listener; TLS files are read here.
+    pub(crate) fn new(
+        config: &ListenerConfig,
+        tls: Option<Arc<TlsSource>>,
+        max_packet_size: u32,
+    ) -> Transport {
+        let ws = || {
+            Arc::new(WsSettings {
+                path: config.ws_path().to_owned(),
+                allowed_origins: config.allowed_origins.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
+                // One message may hold a whole packet of the largest size plus smaller ones.
+                max_message: max_packet_size as usize + 64 * 1024,
+            })
+        };
+        let identity_as_username = config.use_identity_as_username;
+        match (config.protocol, tls) {
+            (ListenerProtocol::Mqtts, Some(tls)) => Transport::Tls {
+                tls,
+                identity_as_username,
+            },
+            (ListenerProtocol::Wss, Some(tls)) => Transport::Wss {
+                tls,
+                identity_as_username,
+                ws: ws(),
+            },
+            (ListenerProtocol::Ws, _) => Transport::Ws(ws()),
+            (ListenerProtocol::Mqtt, _) => Transport::Tcp,
+            (protocol, None) => unreachable!("{protocol} listener built without TLS"),
+        }
+    }
+}
 
 pub(crate) async fn accept_loop(
     listener: TcpListener,
+    transport: Transport,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
+    let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -23,7 +84,7 @@ pub(crate) async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors and similar: back off briefly rather than spin.
                 error!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -33,13 +94,127 @@ pub(crate) async fn accept_loop(
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
         let alive = alive.clone();
-        let span = info_span!("conn", %peer, client_id = tracing::field::Empty);
+        let transport = transport.clone();
+        let span = match local {
+            Some(local) => {
+                info_span!("conn", %peer, %local, forwarded_for = tracing::field::Empty, client_id = tracing::field::Empty)
+            }
+            None => {
+                info_span!("conn", %peer, forwarded_for = tracing::field::Empty, client_id = tracing::field::Empty)
+            }
+        };
         tokio::spawn(
             async move {
-                connection::serve(socket, peer, shared, shutdown).await;
+                serve(socket, peer, transport, shared, shutdown).await;
                 drop(alive);
             }
             .instrument(span),
         );
     }
+}
+
+/// Handshakes, then hands the stream to the connection.
+async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(shared.config.limits.handshake_timeout);
+    match transport {
+        Transport::Tcp => {
+            connection::serve(socket, peer, Username::FromConnect, shared, shutdown).await;
+        }
+        Transport::Tls {
+            tls,
+            identity_as_username,
+        } => {
+            let handshake = tls::accept(&tls, socket);
+            let Some(stream) = handshake_step("TLS", deadline, &mut shutdown, handshake).await
+            else {
+                return;
+            };
+            let username = if identity_as_username {
+                tls::username_from_certificate(&stream)
+            } else {
+                Username::FromConnect
+            };
+            connection::serve(stream, peer, username, shared, shutdown).await;
+        }
+        Transport::Ws(settings) => {
+            let upgrade = ws::accept(socket, peer, &settings);
+            let Some(upgraded) =
+                handshake_step("WebSocket", deadline, &mut shutdown, upgrade).await
+            else {
+                return;
+            };
+            let peer = forwarded(peer, &upgraded);
+            connection::serve(
+                upgraded.stream,
+                peer,
+                Username::FromConnect,
+                shared,
+                shutdown,
+            )
+            .await;
+        }
+        Transport::Wss {
+            tls,
+            identity_as_username,
+            ws,
+        } => {
+            let handshake = tls::accept(&tls, socket);
+            let Some(stream) = handshake_step("TLS", deadline, &mut shutdown, handshake).await
+            else {
+                return;
+            };
+            let username = if identity_as_username {
+                tls::username_from_certificate(&stream)
+            } else {
+                Username::FromConnect
+            };
+            let upgrade = ws::accept(stream, peer, &ws);
+            let Some(upgraded) =
+                handshake_step("WebSocket", deadline, &mut shutdown, upgrade).await
+            else {
+                return;
+            };
+            let peer = forwarded(peer, &upgraded);
+            connection::serve(upgraded.stream, peer, username, shared, shutdown).await;
+        }
+    }
+}
+
+/// Runs one handshake until `deadline`; `None` (logged) when it fails, times out, or the server
+/// shuts down first.
+async fn handshake_step<T, E: std::fmt::Display>(
+    what: &'static str,
+    deadline: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+    handshake: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, handshake) => match r {
+            Ok(Ok(done)) => Some(done),
+            Ok(Err(e)) => {
+                info!(error = %e, "{what} handshake failed");
+                None
+            }
+            Err(_) => {
+                debug!("{what} handshake not done within handshake_timeout; closing");
+                None
+            }
+        },
+        _ = shutdown.changed() => None,
+    }
+}
+
+/// The client's address after a WebSocket upgrade, recorded in the span when a proxy gave it.
+fn forwarded<S>(peer: SocketAddr, upgraded: &ws::Upgraded<S>) -> SocketAddr {
+    if upgraded.peer != peer {
+        Span::current().record("forwarded_for", tracing::field::display(upgraded.peer.ip()));
+    }
+    debug!(subprotocol = upgraded.subprotocol, "WebSocket upgraded");
+    upgraded.peer
 }

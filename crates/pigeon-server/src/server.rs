@@ -1,19 +1,22 @@
-//! `Server`: binds the configured listeners, runs them, and shuts down in order.
+//! `Server`: loads TLS certificates, binds the configured listeners and the HTTP listener, runs
+//! them, reloads certificates on SIGHUP, and shuts down in order.
 //!
 //! Shutdown: stop accepting, tell every connection (5.0 clients get DISCONNECT 0x8B), wait for
 //! the connection tasks to flush and end (bounded), then return.
 
 use crate::config::Config;
 use crate::connection::Shared;
-use crate::listener;
+use crate::listener::{self, Transport};
+use crate::tls::{TlsError, TlsFiles, TlsSource};
 use pigeon_core::{Broker, BrokerSettings, QueueLimits};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,18 +27,99 @@ pub enum Error {
     },
     #[error("cannot read the address of a bound listener: {0}")]
     LocalAddr(std::io::Error),
+    #[error("listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        /// Boxed: rustls errors are large, and this one is rare.
+        #[source]
+        source: Box<TlsError>,
+    },
+    #[error("[http] static_dir {}: {source}", path.display())]
+    StaticDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Transport)>,
+    http: Option<(TcpListener, Option<PathBuf>)>,
+    tls: TlsReloader,
     shared: Arc<Shared>,
 }
 
+/// Reloads the certificates of every TLS listener (what SIGHUP does). Connections already open
+/// keep the certificates they started with.
+#[derive(Clone)]
+pub struct TlsReloader {
+    sources: Vec<(SocketAddr, Arc<TlsSource>)>,
+}
+
+impl TlsReloader {
+    /// Reloads each listener's files; a listener whose files fail keeps its old certificates
+    /// (logged). Returns the first failure after trying them all.
+    pub fn reload(&self) -> Result<(), Error> {
+        let mut first = None;
+        for (addr, source) in &self.sources {
+            match source.reload() {
+                Ok(()) => {
+                    info!(listener = %addr, cert = %source.files().cert.display(), "TLS certificates reloaded")
+                }
+                Err(e) => {
+                    error!(listener = %addr, error = %e, "TLS reload failed; keeping the certificates in use");
+                    first.get_or_insert(Error::Tls {
+                        addr: *addr,
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
 impl Server {
-    /// Binds every listener of `config`; nothing is served until `run`.
+    /// Loads certificates and binds every listener of `config`; nothing is served until `run`.
     pub async fn bind(config: Config) -> Result<Server, Error> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut tls_sources = Vec::new();
         for l in &config.listeners {
+            if let (true, Some(cert), Some(key)) = (l.protocol.is_tls(), &l.tls_cert, &l.tls_key) {
+                let files = TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: l.tls_client_ca.clone(),
+                    client_optional: l.tls_client_optional,
+                };
+                let source = TlsSource::load(files).map_err(|source| Error::Tls {
+                    addr: l.bind,
+                    source: Box::new(source),
+                })?;
+                tls_sources.push(Some(Arc::new(source)));
+            } else {
+                tls_sources.push(None);
+            }
+        }
+        let static_root = match config.http.as_ref().and_then(|h| h.static_dir.as_ref()) {
+            Some(dir) => {
+                let root = std::fs::canonicalize(dir).map_err(|source| Error::StaticDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                if !root.is_dir() {
+                    return Err(Error::StaticDir {
+                        path: dir.clone(),
+                        source: std::io::Error::other("not a directory"),
+                    });
+                }
+                Some(root)
+            }
+            None => None,
+        };
+
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut reloadable = Vec::new();
+        for (l, tls) in config.listeners.iter().zip(tls_sources) {
             let socket = TcpListener::bind(l.bind)
                 .await
                 .map_err(|source| Error::Bind {
@@ -43,9 +127,34 @@ impl Server {
                     source,
                 })?;
             let addr = socket.local_addr().map_err(Error::LocalAddr)?;
-            info!(%addr, protocol = ?l.protocol, "listening");
-            listeners.push(socket);
+            if l.protocol.is_websocket() {
+                info!(%addr, protocol = %l.protocol, path = l.ws_path(), "listening");
+            } else {
+                info!(%addr, protocol = %l.protocol, "listening");
+            }
+            if let Some(tls) = &tls {
+                reloadable.push((addr, Arc::clone(tls)));
+            }
+            let transport = Transport::new(l, tls, config.limits.max_packet_size);
+            listeners.push((socket, transport));
         }
+        let http = match &config.http {
+            Some(http) => {
+                let socket = TcpListener::bind(http.bind)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        addr: http.bind,
+                        source,
+                    })?;
+                let addr = socket.local_addr().map_err(Error::LocalAddr)?;
+                match &static_root {
+                    Some(root) => info!(%addr, static_dir = %root.display(), "HTTP listening"),
+                    None => info!(%addr, "HTTP listening"),
+                }
+                Some((socket, static_root))
+            }
+            None => None,
+        };
         let settings = BrokerSettings {
             queue: QueueLimits {
                 max_messages: config.limits.max_queued_messages,
@@ -58,15 +167,30 @@ impl Server {
         let broker = Broker::new(settings);
         Ok(Server {
             listeners,
+            http,
+            tls: TlsReloader {
+                sources: reloadable,
+            },
             shared: Arc::new(Shared::new(config, broker)),
         })
     }
 
+    /// The bound addresses of the MQTT listeners, in configuration order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The bound address of the HTTP listener, if `[http]` is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// A handle that reloads the TLS listeners' certificates, as SIGHUP does.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.tls.clone()
     }
 
     pub fn broker(&self) -> Arc<Broker> {
@@ -80,13 +204,20 @@ impl Server {
     ) -> Result<(), Error> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        for listener in self.listeners {
+        for (listener, transport) in self.listeners {
             tokio::spawn(listener::accept_loop(
                 listener,
+                transport,
                 Arc::clone(&self.shared),
                 stop_rx.clone(),
                 alive_tx.clone(),
             ));
+        }
+        let http = self
+            .http
+            .map(|(socket, root)| tokio::spawn(crate::http::serve(socket, root, stop_rx.clone())));
+        if !self.tls.sources.is_empty() {
+            reload_on_sighup(self.tls.clone(), stop_rx.clone());
         }
         let sweeper = {
             let broker = Arc::clone(&self.shared.broker);
@@ -113,7 +244,39 @@ impl Server {
             warn!("some connections did not close within 10 s");
         }
         let _ = sweeper.await;
+        if let Some(http) = http {
+            if tokio::time::timeout(Duration::from_secs(5), http)
+                .await
+                .is_err()
+            {
+                warn!("the HTTP listener did not stop within 5 s");
+            }
+        }
         info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Reloads TLS certificates at each SIGHUP until the server stops.
+fn reload_on_sighup(tls: TlsReloader, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            warn!(error = %e, "cannot install the SIGHUP handler; certificates will not reload");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(()) = hangup.recv() => {
+                    info!("SIGHUP: reloading TLS certificates");
+                    // Failures are logged by `reload`; the old certificates stay.
+                    let _ = tls.reload();
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    });
 }

@@ -33,6 +33,8 @@ impl Broker {
         };
         let mut config = Config {
             listeners: vec![listener],
+            // No HTTP listener: the default one binds a fixed port, which parallel tests share.
+            http: None,
             ..Config::default()
         };
         f(&mut config);

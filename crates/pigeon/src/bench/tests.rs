@@ -11,6 +11,9 @@ use tokio::sync::oneshot;
 async fn broker() -> (SocketAddr, oneshot::Sender<()>) {
     let mut config = Config::default();
     config.listeners[0].bind = "127.0.0.1:0".parse().expect("valid address");
+    // Only the MQTT listener: the default WebSocket and HTTP ones bind fixed ports.
+    config.listeners.truncate(1);
+    config.http = None;
     let server = Server::bind(config).await.expect("port 0 binds");
     let addr = server.local_addrs()[0];
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

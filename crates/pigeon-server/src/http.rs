@@ -1,0 +1,192 @@
+//! The HTTP listener (`[http]`): `GET /health`, a one-line index at `/`, and the files under
+//! `static_dir` when it is set (later also the admin API, metrics and dashboard).
+//!
+//! Static files: the request path is percent-decoded by the router, split on `/`, and refused
+//! (404) if any part is `..`, hidden (starts with `.`) or holds a backslash or NUL; the joined
+//! path is then resolved with symlinks and must still lie under the canonical `static_dir`, so
+//! neither `../` nor a symlink reaches outside it. Files are read whole, up to
+//! `MAX_STATIC_FILE` bytes; a directory serves its `index.html`.
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// Larger files are not served (413): each is read whole into memory.
+const MAX_STATIC_FILE: u64 = 32 * 1024 * 1024;
+
+struct HttpState {
+    /// Canonical `static_dir`.
+    static_root: Option<PathBuf>,
+}
+
+/// Serves until `shutdown` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    static_root: Option<PathBuf>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let state = Arc::new(HttpState { static_root });
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/", get(index))
+        .route("/{*path}", get(static_file))
+        .with_state(state);
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        warn!(error = %e, "HTTP listener stopped");
+    }
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn index(State(state): State<Arc<HttpState>>) -> Response {
+    if let Some(root) = &state.static_root {
+        if let Some(response) = file_response(root, root.join("index.html")).await {
+            return response;
+        }
+    }
+    concat!(
+        "Pigeon ",
+        env!("CARGO_PKG_VERSION"),
+        ", an MQTT broker. GET /health answers ok.\n"
+    )
+    .into_response()
+}
+
+async fn static_file(
+    State(state): State<Arc<HttpState>>,
+    UrlPath(path): UrlPath<String>,
+) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "not found\n").into_response();
+    let Some(root) = &state.static_root else {
+        return not_found();
+    };
+    let Some(relative) = safe_relative(&path) else {
+        debug!(path, "refused static path");
+        return not_found();
+    };
+    file_response(root, root.join(relative))
+        .await
+        .unwrap_or_else(not_found)
+}
+
+/// The request path as a relative path with only normal parts; `None` if any part could leave
+/// the directory or names a hidden file.
+fn safe_relative(path: &str) -> Option<PathBuf> {
+    let mut relative = PathBuf::new();
+    for part in path.split('/') {
+        if part.is_empty() {
+            continue;
+        }
+        if part.starts_with('.') || part.contains(['\\', '\0']) {
+            return None;
+        }
+        relative.push(part);
+    }
+    Some(relative)
+}
+
+/// The file at `path` (or its `index.html`), if it resolves to a file under `root`.
+async fn file_response(root: &Path, path: PathBuf) -> Option<Response> {
+    let mut resolved = tokio::fs::canonicalize(&path).await.ok()?;
+    if !resolved.starts_with(root) {
+        debug!(path = %path.display(), "static path resolves outside static_dir");
+        return None;
+    }
+    let mut meta = tokio::fs::metadata(&resolved).await.ok()?;
+    if meta.is_dir() {
+        resolved = tokio::fs::canonicalize(resolved.join("index.html"))
+            .await
+            .ok()?;
+        if !resolved.starts_with(root) {
+            return None;
+        }
+        meta = tokio::fs::metadata(&resolved).await.ok()?;
+    }
+    if !meta.is_file() {
+        return None;
+    }
+    if meta.len() > MAX_STATIC_FILE {
+        return Some((StatusCode::PAYLOAD_TOO_LARGE, "file too large\n").into_response());
+    }
+    let body = match tokio::fs::read(&resolved).await {
+        Ok(body) => body,
+        Err(e) => {
+            warn!(path = %resolved.display(), error = %e, "cannot read static file");
+            return None;
+        }
+    };
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(&resolved)),
+    );
+    Some(response)
+}
+
+fn content_type(path: &Path) -> &'static str {
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match extension.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" | "map" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "ico" => "image/x-icon",
+        "webp" => "image/webp",
+        "wasm" => "application/wasm",
+        "woff2" => "font/woff2",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_and_hidden_parts_are_refused() {
+        assert_eq!(safe_relative("a/b.js"), Some(PathBuf::from("a/b.js")));
+        assert_eq!(safe_relative("//a//b"), Some(PathBuf::from("a/b")));
+        assert_eq!(safe_relative("a/../../etc/passwd"), None);
+        assert_eq!(safe_relative(".."), None);
+        assert_eq!(safe_relative(".git/config"), None);
+        assert_eq!(safe_relative("a\\..\\b"), None);
+        assert_eq!(safe_relative("a\0b"), None);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            content_type(Path::new("x/mqtt.min.js")),
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(
+            content_type(Path::new("INDEX.HTML")),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(content_type(Path::new("blob")), "application/octet-stream");
+    }
+}
