@@ -3,7 +3,7 @@
 use super::client::ClientOptions;
 use super::traffic::{self, Plan};
 use super::*;
-use pigeon_server::config::Config;
+use pigeon_server::config::{Config, StorageBackend};
 use pigeon_server::Server;
 use tokio::sync::oneshot;
 
@@ -11,6 +11,8 @@ use tokio::sync::oneshot;
 async fn broker() -> (SocketAddr, oneshot::Sender<()>) {
     let mut config = Config::default();
     config.listeners[0].bind = "127.0.0.1:0".parse().expect("valid address");
+    // Nothing on disk: the default store is a file in the working directory, one per process.
+    config.storage.backend = StorageBackend::Memory;
     // Only the MQTT listener: the default WebSocket and HTTP ones bind fixed ports.
     config.listeners.truncate(1);
     config.http = None;
