@@ -12,7 +12,7 @@ use crate::properties::*;
 use crate::reason::ReasonCode;
 use crate::string::ByteStr;
 use crate::topic;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 type Result<T> = std::result::Result<T, DecodeError>;
 
@@ -158,9 +158,14 @@ impl Decoder {
             }
             kind::CONNACK => Packet::ConnAck(read_connack(&mut r, protocol)?),
             kind::PUBLISH => {
-                // The hot path returns from here, building the packet in the return slot.
-                let publish = read_publish(&mut r, flags, protocol)?;
-                r.finish()?;
+                let mut publish = read_publish(&mut r, flags, protocol)?;
+                // The payload is the rest of the packet. Taking it by moving the frame in and
+                // advancing past the header, instead of slicing and dropping the frame, saves
+                // two reference-count updates on every PUBLISH.
+                let payload_at = r.pos;
+                let mut payload = frame;
+                payload.advance(payload_at);
+                publish.payload = payload;
                 return Ok(Some(Packet::Publish(publish)));
             }
             kind::PUBACK => Packet::PubAck(read_pub_resp(&mut r, protocol)?),
@@ -334,13 +339,6 @@ impl<'a> Reader<'a> {
     /// A UTF-8 Encoded String.
     fn string(&mut self) -> Result<ByteStr> {
         ByteStr::from_utf8(self.binary()?).ok_or(BAD_STRING)
-    }
-
-    /// Everything left in the packet.
-    fn rest(&mut self) -> Bytes {
-        let at = self.pos;
-        self.pos = self.end;
-        self.buf.slice(at..self.end)
     }
 
     /// A sub-reader over the next `n` bytes.
@@ -811,7 +809,7 @@ fn read_publish(r: &mut Reader<'_>, flags: u8, protocol: Protocol) -> Result<Pub
             ));
         }
     }
-    let payload = r.rest();
+    // The caller attaches the payload: everything from `r`'s position to the end.
     Ok(Publish {
         dup,
         qos,
@@ -819,7 +817,7 @@ fn read_publish(r: &mut Reader<'_>, flags: u8, protocol: Protocol) -> Result<Pub
         topic,
         packet_id,
         properties,
-        payload,
+        payload: Bytes::new(),
     })
 }
 

@@ -353,14 +353,14 @@ trait Sink {
     fn raw(&mut self, b: &[u8]);
     fn varint(&mut self, v: usize);
 
-    #[inline]
+    #[inline(always)]
     fn binary(&mut self, b: &[u8]) {
         let len = u16::try_from(b.len()).expect("string or binary field longer than 65,535 bytes");
         self.u16(len);
         self.raw(b);
     }
 
-    #[inline]
+    #[inline(always)]
     fn string(&mut self, s: &str) {
         self.binary(s.as_bytes());
     }
@@ -374,7 +374,7 @@ trait Sink {
         p.visit(self);
     }
 
-    #[inline]
+    #[inline(always)]
     fn prop_u8(&mut self, id: u8, v: Option<u8>) {
         if let Some(v) = v {
             self.u8(id);
@@ -382,12 +382,12 @@ trait Sink {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn prop_bool(&mut self, id: u8, v: Option<bool>) {
         self.prop_u8(id, v.map(u8::from));
     }
 
-    #[inline]
+    #[inline(always)]
     fn prop_u16(&mut self, id: u8, v: Option<u16>) {
         if let Some(v) = v {
             self.u8(id);
@@ -395,7 +395,7 @@ trait Sink {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn prop_u32(&mut self, id: u8, v: Option<u32>) {
         if let Some(v) = v {
             self.u8(id);
@@ -403,13 +403,13 @@ trait Sink {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn prop_varint(&mut self, id: u8, v: u32) {
         self.u8(id);
         self.varint(v as usize);
     }
 
-    #[inline]
+    #[inline(always)]
     fn prop_str(&mut self, id: u8, v: Option<&ByteStr>) {
         if let Some(v) = v {
             self.u8(id);
@@ -417,7 +417,7 @@ trait Sink {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn prop_bin(&mut self, id: u8, v: Option<&Bytes>) {
         if let Some(v) = v {
             self.u8(id);
@@ -425,7 +425,7 @@ trait Sink {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn user_properties(&mut self, list: &UserProperties) {
         for (k, v) in list {
             self.u8(id::USER_PROPERTY);
@@ -441,52 +441,52 @@ struct Count(usize);
 impl Sink for Count {
     /// One visit instead of the default's two (length, then contents): counting a property set
     /// needs only its length.
-    #[inline]
+    #[inline(always)]
     fn properties<P: Properties>(&mut self, p: &P) {
         let len = properties_len(p);
         self.0 += varint_len(len) + len;
     }
 
-    #[inline]
+    #[inline(always)]
     fn u8(&mut self, _: u8) {
         self.0 += 1;
     }
-    #[inline]
+    #[inline(always)]
     fn u16(&mut self, _: u16) {
         self.0 += 2;
     }
-    #[inline]
+    #[inline(always)]
     fn u32(&mut self, _: u32) {
         self.0 += 4;
     }
-    #[inline]
+    #[inline(always)]
     fn raw(&mut self, b: &[u8]) {
         self.0 += b.len();
     }
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self, v: usize) {
         self.0 += varint_len(v);
     }
 }
 
 impl Sink for BytesMut {
-    #[inline]
+    #[inline(always)]
     fn u8(&mut self, v: u8) {
         self.put_u8(v);
     }
-    #[inline]
+    #[inline(always)]
     fn u16(&mut self, v: u16) {
         self.put_u16(v);
     }
-    #[inline]
+    #[inline(always)]
     fn u32(&mut self, v: u32) {
         self.put_u32(v);
     }
-    #[inline]
+    #[inline(always)]
     fn raw(&mut self, b: &[u8]) {
         self.extend_from_slice(b);
     }
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self, v: usize) {
         if v < 128 {
             // Most property sections and many packets: one byte, no scratch copy.
