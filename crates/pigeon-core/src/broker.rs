@@ -12,6 +12,7 @@ use crate::session::{
     Enqueued, QueueLimits, Session, SessionId, SubscriptionRecord, NEVER_EXPIRES,
 };
 use crate::stats::Stats;
+use crate::store::{self, Persistence, SessionRecord, Snapshot, StoreOp};
 use crate::subscriptions::{Match, Subscriber, SubscriptionIndex};
 use pigeon_codec::topic::parse_shared;
 use pigeon_codec::{ByteStr, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
@@ -84,7 +85,19 @@ pub struct Broker {
     retained: RwLock<RetainedStore>,
     next_session_id: AtomicU64,
     next_connection_id: AtomicU64,
+    store: Option<Arc<Persistence>>,
     pub stats: Stats,
+}
+
+/// What routing one message did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOutcome {
+    /// Sessions it was queued for.
+    pub routed: usize,
+    /// A session's queue (or the store) was full, so some subscriber will not get the message.
+    pub quota_exceeded: bool,
+    /// The store op the publisher's acknowledgement must wait for (0: none).
+    pub wait_for: u64,
 }
 
 /// The outcome of a subscribe, for one filter.
@@ -93,6 +106,8 @@ pub struct SubscribeResult {
     pub code: ReasonCode,
     /// The session had this subscription already (Retain Handling 1 skips retained then).
     pub existed: bool,
+    /// The store op the SUBACK must wait for (0: none).
+    pub wait_for: u64,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -117,16 +132,182 @@ fn split_filter(filter: &str) -> (Option<&str>, &str) {
 }
 
 impl Broker {
+    /// A broker whose state lives in memory only.
     pub fn new(settings: BrokerSettings) -> Arc<Broker> {
-        Arc::new(Broker {
+        Arc::new(Broker::build(settings, None))
+    }
+
+    fn build(settings: BrokerSettings, store: Option<Arc<Persistence>>) -> Broker {
+        Broker {
             settings,
             registry: Mutex::new(HashMap::new()),
             index: RwLock::new(SubscriptionIndex::new()),
             retained: RwLock::new(RetainedStore::new()),
             next_session_id: AtomicU64::new(1),
             next_connection_id: AtomicU64::new(1),
+            store,
             stats: Stats::default(),
-        })
+        }
+    }
+
+    /// A broker that writes its sessions and retained messages through `store`, starting from
+    /// what `snapshot` holds: sessions come back offline with their subscriptions, queues, messages
+    /// in flight and QoS 2 ids; their expiry and pending wills count on from when they were left.
+    /// Must run inside the tokio runtime (it sets the expiry timers).
+    pub fn restore(
+        settings: BrokerSettings,
+        store: Arc<Persistence>,
+        snapshot: Snapshot,
+    ) -> Arc<Broker> {
+        let broker = Arc::new(Broker::build(settings, Some(store)));
+        let now = Instant::now();
+        let now_ms = store::now_ms();
+        {
+            let mut retained = write(&broker.retained);
+            for m in snapshot.retained {
+                if !m.is_expired(now) {
+                    retained.set(m);
+                }
+            }
+        }
+        let (mut sessions, mut queued, mut dropped) = (0usize, 0usize, 0usize);
+        for loaded in snapshot.sessions {
+            let id = broker.next_session_id.fetch_add(1, Ordering::Relaxed);
+            let expiry = loaded.record.expiry_interval;
+            let session = Arc::new(Session::new(id, loaded.client_id.clone(), expiry));
+            {
+                let mut state = session.lock();
+                state.stored = true;
+                state.generation = 1;
+                let mut index = write(&broker.index);
+                for (filter, options, sub_id) in loaded.subscriptions {
+                    let (group, plain) = split_filter(&filter);
+                    index.insert(
+                        plain,
+                        group,
+                        Subscriber {
+                            session: Arc::clone(&session),
+                            options,
+                            id: sub_id,
+                        },
+                    );
+                    state.subscriptions.insert(
+                        filter,
+                        SubscriptionRecord {
+                            options,
+                            id: sub_id,
+                        },
+                    );
+                }
+                drop(index);
+                for (seq, entry) in loaded.queue {
+                    state.next_seq = state.next_seq.max(seq + 1);
+                    if entry.message.is_expired(now) {
+                        dropped += 1;
+                        broker.persist_op(StoreOp::QueueDelete {
+                            client_id: loaded.client_id.clone(),
+                            seq,
+                        });
+                        continue;
+                    }
+                    queued += 1;
+                    if let Some(store) = &broker.store {
+                        // Counted whatever the cap: what the store already holds stays.
+                        let _ = store.reserve(entry.message.weight());
+                    }
+                    let delivery = Delivery {
+                        message: entry.message,
+                        qos: entry.qos,
+                        retain: entry.retain,
+                        subscription_ids: entry.subscription_ids,
+                        seq,
+                    };
+                    match entry.stage {
+                        Some(stage) if entry.packet_id != 0 => {
+                            state.inflight.push_back(crate::session::Outgoing {
+                                packet_id: entry.packet_id,
+                                delivery,
+                                stage,
+                            })
+                        }
+                        _ => {
+                            state.queued_bytes += delivery.message.weight();
+                            state.queue.push_back(delivery);
+                        }
+                    }
+                }
+                state.incoming_qos2.extend(loaded.incoming);
+            }
+            let left = |since: Option<u64>, total: u32| -> u64 {
+                let gone = since
+                    .map(|ms| now_ms.saturating_sub(ms) / 1000)
+                    .unwrap_or(0);
+                u64::from(total).saturating_sub(gone)
+            };
+            if let Some((will, delay)) = loaded.record.will {
+                session.lock().pending_will = Some(will);
+                broker.schedule_will(&session, left(loaded.record.disconnected_at_ms, delay), 1);
+            }
+            if expiry != NEVER_EXPIRES {
+                broker.schedule_expiry(&session, left(loaded.record.disconnected_at_ms, expiry), 1);
+            }
+            lock(&broker.registry).insert(
+                loaded.client_id,
+                Slot {
+                    session,
+                    connection: None,
+                },
+            );
+            sessions += 1;
+        }
+        info!(
+            sessions,
+            queued_messages = queued,
+            expired_dropped = dropped,
+            retained = broker.retained_count(),
+            "store loaded"
+        );
+        broker
+    }
+
+    /// Writes `op` if the broker has a store; returns its number (0: not written).
+    fn persist_op(&self, op: StoreOp) -> u64 {
+        self.store.as_ref().map(|s| s.submit(op)).unwrap_or(0)
+    }
+
+    /// Removes a delivery's stored copy, if it has one; returns the op's number (0: none).
+    pub fn unstore(&self, client_id: &ByteStr, delivery: &Delivery) -> u64 {
+        match &self.store {
+            Some(store) if delivery.seq != 0 => {
+                store.delete_queued(client_id, delivery.seq, delivery.message.weight())
+            }
+            _ => 0,
+        }
+    }
+
+    /// Writes `op` about a session if the broker has a store and the session outlives its
+    /// connection. Call with the session's lock held, so its ops reach the store in order.
+    pub fn persist(
+        &self,
+        state: &crate::session::SessionState,
+        op: impl FnOnce() -> StoreOp,
+    ) -> u64 {
+        match &self.store {
+            Some(store) if state.expiry_interval > 0 => store.submit(op()),
+            _ => 0,
+        }
+    }
+
+    /// The store's progress, when there is one: acknowledgements wait for their op's number.
+    pub fn committed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.store.as_ref().map(|s| s.committed())
+    }
+
+    /// Writes what is pending to the store and stops its writer (shutdown).
+    pub async fn flush_store(&self) {
+        if let Some(store) = &self.store {
+            store.stop().await;
+        }
     }
 
     pub fn settings(&self) -> &BrokerSettings {
@@ -152,12 +333,14 @@ impl Broker {
 
     /// Binds a new connection to the session of `client_id`, taking over any connection that
     /// holds it (MQTT-3.1.4-3) and ending the old session when `clean_start` is set. Returns the
-    /// session and whether it was resumed ("session present").
+    /// session and whether it was resumed ("session present"). `will` is stored with a session
+    /// that outlives its connection, so a crash of the broker does not lose it.
     pub async fn attach(
         &self,
         client_id: ByteStr,
         clean_start: bool,
         expiry_interval: u32,
+        will: Option<(Arc<Message>, u32)>,
         connection: ConnectionHandle,
     ) -> (Arc<Session>, bool) {
         // Each turn either finds no live connection and attaches, or closes the one it finds and
@@ -176,6 +359,7 @@ impl Broker {
                             client_id,
                             clean_start,
                             expiry_interval,
+                            will,
                             connection,
                         )
                     }
@@ -212,6 +396,7 @@ impl Broker {
         client_id: ByteStr,
         clean_start: bool,
         expiry_interval: u32,
+        will: Option<(Arc<Message>, u32)>,
         connection: ConnectionHandle,
     ) -> (Arc<Session>, bool) {
         let mut will_to_publish = None;
@@ -232,10 +417,29 @@ impl Broker {
         });
         {
             let mut state = session.lock();
+            let was_stored = state.stored;
             state.expiry_interval = expiry_interval;
             state.generation += 1;
             // MQTT-3.1.3-9 (5.0): a new connection before the will delay ends cancels the will.
             state.pending_will = None;
+            let record = SessionRecord {
+                expiry_interval,
+                disconnected_at_ms: None,
+                will,
+            };
+            if self.persist(&state, || StoreOp::SessionPut {
+                client_id: client_id.clone(),
+                record,
+            }) != 0
+            {
+                state.stored = true;
+            } else if was_stored {
+                // A resumed session that no longer outlives its connection leaves the store.
+                self.persist_op(StoreOp::SessionDelete {
+                    client_id: client_id.clone(),
+                });
+                state.stored = false;
+            }
         }
         session.set_connected(true);
         registry.insert(
@@ -251,13 +455,32 @@ impl Broker {
         (session, present)
     }
 
-    /// Removes the session's subscriptions from the index and returns its pending will.
+    /// Removes the session's subscriptions from the index (and the session from the store) and
+    /// returns its pending will.
     fn end_session(&self, session: &Arc<Session>) -> Option<Arc<Message>> {
         let (filters, will) = {
             let mut state = session.lock();
+            if let Some(store) = &self.store {
+                // The session's rows go with SessionDelete; only the byte count is settled here.
+                let stored: usize = state
+                    .queue
+                    .iter()
+                    .chain(state.inflight.iter().map(|o| &o.delivery))
+                    .filter(|d| d.seq != 0)
+                    .map(|d| d.message.weight())
+                    .sum();
+                store.release(stored);
+            }
             state.queue.clear();
             state.queued_bytes = 0;
             state.inflight.clear();
+            state.incoming_qos2.clear();
+            if state.stored {
+                self.persist_op(StoreOp::SessionDelete {
+                    client_id: session.client_id().clone(),
+                });
+                state.stored = false;
+            }
             let filters: Vec<ByteStr> = state.subscriptions.drain().map(|(f, _)| f).collect();
             (filters, state.pending_will.take())
         };
@@ -294,13 +517,23 @@ impl Broker {
             }
             return;
         }
-        if slot
-            .connection
-            .as_ref()
-            .is_some_and(|c| c.id == connection_id)
-        {
-            slot.connection = None;
-            session.set_connected(false);
+        match &slot.connection {
+            Some(c) if c.id == connection_id => {
+                slot.connection = None;
+                session.set_connected(false);
+            }
+            Some(_) => {
+                // Another connection holds the session now (this one was detached by force after a
+                // takeover timed out): the session is theirs; only our will is ours to publish.
+                drop(registry);
+                if departure == Departure::WithWill {
+                    if let Some((will, _)) = will {
+                        self.publish(will);
+                    }
+                }
+                return;
+            }
+            None => {}
         }
         let (expiry, generation) = {
             let state = session.lock();
@@ -322,36 +555,79 @@ impl Broker {
             return;
         }
         drop(registry);
-        if let Some((will, delay)) = will {
-            if delay == 0 {
+        let delayed_will = match will {
+            Some((will, 0)) => {
                 self.publish(will);
-            } else {
-                session.lock().pending_will = Some(will);
-                let broker = Arc::clone(self);
-                let session = Arc::clone(session);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-                    let will = {
-                        let mut state = session.lock();
-                        if state.generation != generation {
-                            return;
-                        }
-                        state.pending_will.take()
-                    };
-                    if let Some(will) = will {
-                        broker.publish(will);
-                    }
-                });
+                None
+            }
+            Some((will, delay)) => Some((will, delay)),
+            None => None,
+        };
+        {
+            let mut state = session.lock();
+            let record = SessionRecord {
+                expiry_interval: expiry,
+                disconnected_at_ms: Some(store::now_ms()),
+                will: delayed_will.clone(),
+            };
+            self.persist(&state, || StoreOp::SessionPut {
+                client_id: session.client_id().clone(),
+                record,
+            });
+            if let Some((will, _)) = &delayed_will {
+                state.pending_will = Some(Arc::clone(will));
             }
         }
-        if expiry != NEVER_EXPIRES && departure != Departure::Shutdown {
-            let broker = Arc::clone(self);
-            let session = Arc::clone(session);
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                broker.expire(&session, generation);
-            });
+        if departure == Departure::Shutdown {
+            return;
         }
+        if let Some((_, delay)) = delayed_will {
+            self.schedule_will(session, u64::from(delay), generation);
+        }
+        if expiry != NEVER_EXPIRES {
+            self.schedule_expiry(session, u64::from(expiry), generation);
+        }
+    }
+
+    /// Publishes the session's pending will after `secs`, unless a client reattached meanwhile.
+    fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, secs: u64, generation: u64) {
+        let broker = Arc::clone(self);
+        let session = Arc::clone(session);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let will = {
+                let mut state = session.lock();
+                if state.generation != generation {
+                    return;
+                }
+                let will = state.pending_will.take();
+                if will.is_some() {
+                    let record = SessionRecord {
+                        expiry_interval: state.expiry_interval,
+                        disconnected_at_ms: Some(store::now_ms()),
+                        will: None,
+                    };
+                    broker.persist(&state, || StoreOp::SessionPut {
+                        client_id: session.client_id().clone(),
+                        record,
+                    });
+                }
+                will
+            };
+            if let Some(will) = will {
+                broker.publish(will);
+            }
+        });
+    }
+
+    /// Ends the session after `secs` unless a client reattached meanwhile.
+    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, secs: u64, generation: u64) {
+        let broker = Arc::clone(self);
+        let session = Arc::clone(session);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            broker.expire(&session, generation);
+        });
     }
 
     /// Ends a detached session whose expiry interval ran out, unless a client came back.
@@ -371,9 +647,8 @@ impl Broker {
         }
     }
 
-    /// Routes a message to every matching session and stores it if retained. Returns the number
-    /// of sessions it was queued for.
-    pub fn publish(&self, message: Arc<Message>) -> usize {
+    /// Routes a message to every matching session and stores it if retained.
+    pub fn publish(&self, message: Arc<Message>) -> PublishOutcome {
         // A message still carrying its Message Expiry Interval (a will) starts it now.
         let message = match message.properties.message_expiry_interval {
             Some(_) => Arc::new(Message::new(
@@ -387,8 +662,20 @@ impl Broker {
             None => message,
         };
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        let mut outcome = PublishOutcome::default();
         if message.retain && self.settings.retain_available {
-            write(&self.retained).set(Arc::clone(&message));
+            let mut retained = write(&self.retained);
+            retained.set(Arc::clone(&message));
+            // Written under the retained lock, so the store keeps the last of racing publishes.
+            outcome.wait_for = if message.payload.is_empty() {
+                self.persist_op(StoreOp::RetainDelete {
+                    topic: message.topic.clone(),
+                })
+            } else {
+                self.persist_op(StoreOp::RetainPut {
+                    message: Arc::clone(&message),
+                })
+            };
         }
         let mut targets: Vec<(Arc<Session>, SubscriptionOptions, Vec<u32>)> = Vec::new();
         // Each share group delivers its own copy, even to a session that also gets one through
@@ -426,35 +713,50 @@ impl Broker {
         targets.append(&mut shared_targets);
         let now = Instant::now();
         if message.is_expired(now) {
-            return 0;
+            return outcome;
         }
-        let count = targets.len();
+        outcome.routed = targets.len();
         for (session, options, ids) in targets {
             let delivery = Delivery {
                 qos: message.qos.min(options.qos),
                 retain: message.retain && options.retain_as_published,
                 subscription_ids: ids,
                 message: Arc::clone(&message),
+                seq: 0,
             };
-            self.enqueue(&session, delivery);
+            let (written, full) = self.enqueue(&session, delivery);
+            outcome.wait_for = outcome.wait_for.max(written);
+            outcome.quota_exceeded |= full;
         }
-        count
+        outcome
     }
 
-    fn enqueue(&self, session: &Session, delivery: Delivery) {
-        match session.enqueue(delivery, &self.settings.queue) {
-            Enqueued::Queued => {}
-            Enqueued::QueuedEvictedQos0 | Enqueued::DroppedFull => {
+    /// Queues a delivery; returns the number of the store op that holds it (0: none) and whether
+    /// it was dropped for want of room.
+    fn enqueue(&self, session: &Session, delivery: Delivery) -> (u64, bool) {
+        let (outcome, written) =
+            session.enqueue(delivery, &self.settings.queue, self.store.as_deref());
+        let full = match outcome {
+            Enqueued::Queued => false,
+            Enqueued::QueuedEvictedQos0 | Enqueued::DroppedFull | Enqueued::DroppedStoreFull => {
                 let n = self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 // One line per 1000 drops keeps a flood from flooding the log too.
                 if n.is_multiple_of(1000) {
-                    warn!(client_id = %session.client_id(), dropped_total = n + 1, "session queue full: message dropped (max_queued_messages / max_queued_bytes)");
+                    let why = if outcome == Enqueued::DroppedStoreFull {
+                        "store full: message dropped (limits.max_stored_bytes)"
+                    } else {
+                        "session queue full: message dropped (limits.max_queued_messages / max_queued_bytes)"
+                    };
+                    warn!(client_id = %session.client_id(), dropped_total = n + 1, "{why}");
                 }
+                outcome != Enqueued::QueuedEvictedQos0
             }
             Enqueued::DroppedOffline => {
                 self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                false
             }
-        }
+        };
+        (written, full)
     }
 
     /// Adds or replaces one subscription of `session`, then queues the retained messages its
@@ -467,7 +769,7 @@ impl Broker {
         id: Option<u32>,
     ) -> SubscribeResult {
         let (group, plain) = split_filter(filter);
-        let existed = {
+        let (existed, mut wait_for) = {
             // The session's record and the index change together under the session lock, so a
             // concurrent end_session cannot leave an index entry behind.
             let mut state = session.lock();
@@ -484,7 +786,13 @@ impl Broker {
                     id,
                 },
             );
-            existed
+            let written = self.persist(&state, || StoreOp::SubscriptionPut {
+                client_id: session.client_id().clone(),
+                filter: filter.clone(),
+                options,
+                id,
+            });
+            (existed, written)
         };
         let send_retained = group.is_none()
             && match options.retain_handling {
@@ -502,8 +810,9 @@ impl Broker {
                     retain: true,
                     subscription_ids: id.into_iter().collect(),
                     message,
+                    seq: 0,
                 };
-                self.enqueue(session, delivery);
+                wait_for = wait_for.max(self.enqueue(session, delivery).0);
             }
         }
         let code = match options.qos {
@@ -511,18 +820,24 @@ impl Broker {
             QoS::AtLeastOnce => ReasonCode::GRANTED_QOS_1,
             QoS::ExactlyOnce => ReasonCode::GRANTED_QOS_2,
         };
-        SubscribeResult { code, existed }
+        SubscribeResult {
+            code,
+            existed,
+            wait_for,
+        }
     }
 
-    /// Removes one subscription; false if the session had none for `filter`.
-    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+    /// Removes one subscription: `None` if the session had none for `filter`, else the number of
+    /// the store op that records it (0: none).
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &ByteStr) -> Option<u64> {
         let (group, plain) = split_filter(filter);
         let mut state = session.lock();
-        if state.subscriptions.remove(filter).is_none() {
-            return false;
-        }
+        state.subscriptions.remove(filter.as_str())?;
         write(&self.index).remove(plain, group, session.id());
-        true
+        Some(self.persist(&state, || StoreOp::SubscriptionDelete {
+            client_id: session.client_id().clone(),
+            filter: filter.clone(),
+        }))
     }
 
     /// Drops expired retained messages; the server calls this now and then.

@@ -8,6 +8,7 @@
 //! - `session`: one client's session state, its bounded queue and in-flight window.
 //! - `broker`: the registry of sessions, takeover, wills, expiry, and the router.
 //! - `stats`: counters.
+//! - `store`: the storage port, and group commit in front of it.
 
 pub mod broker;
 pub mod message;
@@ -17,6 +18,8 @@ pub mod stats;
 pub mod store;
 pub mod subscriptions;
 
-pub use broker::{Broker, BrokerSettings, ConnectionHandle, Control, Departure, SubscribeResult};
+pub use broker::{
+    Broker, BrokerSettings, ConnectionHandle, Control, Departure, PublishOutcome, SubscribeResult,
+};
 pub use message::{Delivery, Message};
 pub use session::{Enqueued, OutStage, Outgoing, QueueLimits, Session, SessionId, NEVER_EXPIRES};

@@ -35,9 +35,12 @@ impl Message {
         mut properties: PublishProperties,
         origin: Option<ByteStr>,
     ) -> Message {
+        // An interval of 0 is read as "no expiry", as mosquitto does: a lifetime of zero seconds
+        // would make the message undeliverable, which no publisher means.
         let expires_at = properties
             .message_expiry_interval
             .take()
+            .filter(|secs| *secs > 0)
             .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
@@ -84,4 +87,6 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of every matching subscription that has one (5.0).
     pub subscription_ids: Vec<u32>,
+    /// The session's sequence number of this delivery in the store; 0 when not stored.
+    pub seq: u64,
 }

@@ -8,6 +8,7 @@
 //! so publishers contend only when they deliver to the same client at the same instant.
 
 use crate::message::{Delivery, Message};
+use crate::store::{Persistence, QueueEntry, StoreOp};
 use pigeon_codec::{ByteStr, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,8 @@ pub enum Enqueued {
     DroppedOffline,
     /// The queue is at its limit and holds no QoS 0 message to evict.
     DroppedFull,
+    /// The store is at its global cap (`max_stored_bytes`).
+    DroppedStoreFull,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +86,10 @@ pub struct SessionState {
     pub pending_will: Option<Arc<Message>>,
     /// Deliveries dropped because the queue was full or the client offline.
     pub dropped: u64,
+    /// The next store sequence number for a delivery (see `Delivery::seq`).
+    pub next_seq: u64,
+    /// The store holds a record of this session (so ending it must delete that record).
+    pub stored: bool,
 }
 
 #[derive(Debug)]
@@ -112,6 +119,8 @@ impl Session {
                 generation: 0,
                 pending_will: None,
                 dropped: 0,
+                next_seq: 1,
+                stored: false,
             }),
             notify: Notify::new(),
         }
@@ -149,10 +158,17 @@ impl Session {
     /// Queues a delivery under the limits. When the queue is full, a QoS 0 newcomer is dropped;
     /// a QoS 1/2 newcomer evicts the oldest queued QoS 0 message, or is dropped if there is none
     /// (the same outcome mosquitto's `max_queued_messages` gives, with QoS 0 sacrificed first).
-    pub fn enqueue(&self, delivery: Delivery, limits: &QueueLimits) -> Enqueued {
+    /// With a store, a delivery to a session that outlives its connection is written too, and the
+    /// number of that write is returned with the outcome (0 when nothing was written).
+    pub fn enqueue(
+        &self,
+        mut delivery: Delivery,
+        limits: &QueueLimits,
+        store: Option<&Persistence>,
+    ) -> (Enqueued, u64) {
         if delivery.qos == QoS::AtMostOnce && !limits.queue_qos0 && !self.is_connected() {
             self.lock().dropped += 1;
-            return Enqueued::DroppedOffline;
+            return (Enqueued::DroppedOffline, 0);
         }
         let weight = delivery.message.weight();
         let mut state = self.lock();
@@ -167,12 +183,38 @@ impl Session {
             };
             let Some(pos) = evictable else {
                 state.dropped += 1;
-                return Enqueued::DroppedFull;
+                return (Enqueued::DroppedFull, 0);
             };
             let evicted = state.queue.remove(pos).expect("position found above");
             state.queued_bytes -= evicted.message.weight();
             state.dropped += 1;
+            if let (Some(store), true) = (store, evicted.seq != 0) {
+                store.delete_queued(&self.client_id, evicted.seq, evicted.message.weight());
+            }
             outcome = Enqueued::QueuedEvictedQos0;
+        }
+        let mut written = 0;
+        // Written while the lock is held, so the store sees a session's ops in the order the
+        // session applies them (this put always precedes the delete that follows delivery).
+        if let Some(store) = store.filter(|_| state.expiry_interval > 0) {
+            if !store.reserve(weight) {
+                state.dropped += 1;
+                return (Enqueued::DroppedStoreFull, 0);
+            }
+            delivery.seq = state.next_seq;
+            state.next_seq += 1;
+            written = store.submit(StoreOp::QueuePut {
+                client_id: self.client_id.clone(),
+                seq: delivery.seq,
+                entry: QueueEntry {
+                    message: Arc::clone(&delivery.message),
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    subscription_ids: delivery.subscription_ids.clone(),
+                    packet_id: 0,
+                    stage: None,
+                },
+            });
         }
         let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery);
@@ -181,7 +223,7 @@ impl Session {
         if was_empty {
             self.notify.notify_one();
         }
-        outcome
+        (outcome, written)
     }
 }
 

@@ -10,6 +10,7 @@
 use crate::message::Message;
 use crate::session::OutStage;
 use pigeon_codec::{ByteStr, QoS, SubscriptionOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -181,11 +182,19 @@ pub struct Persistence {
     pending: Mutex<Pending>,
     wake: Condvar,
     committed: watch::Sender<u64>,
+    /// Bytes (payload and topic) of the queued messages the store holds, and the cap on them.
+    stored_bytes: AtomicU64,
+    max_stored_bytes: u64,
 }
 
 impl Persistence {
     /// Starts the writer thread. It runs until `stop`.
-    pub fn start(store: Arc<dyn Store>, policy: SyncPolicy) -> Arc<Persistence> {
+    /// `max_stored_bytes` caps the queued messages the store holds (0: no cap).
+    pub fn start(
+        store: Arc<dyn Store>,
+        policy: SyncPolicy,
+        max_stored_bytes: u64,
+    ) -> Arc<Persistence> {
         let (committed, _) = watch::channel(0);
         let p = Arc::new(Persistence {
             pending: Mutex::new(Pending {
@@ -195,6 +204,8 @@ impl Persistence {
             }),
             wake: Condvar::new(),
             committed,
+            stored_bytes: AtomicU64::new(0),
+            max_stored_bytes,
         });
         let writer = Arc::clone(&p);
         std::thread::Builder::new()
@@ -217,6 +228,37 @@ impl Persistence {
         drop(pending);
         self.wake.notify_one();
         n
+    }
+
+    /// Counts `weight` more queued bytes in the store, unless that passes the cap.
+    pub fn reserve(&self, weight: usize) -> bool {
+        let weight = weight as u64;
+        let before = self.stored_bytes.fetch_add(weight, Ordering::Relaxed);
+        if self.max_stored_bytes > 0 && before + weight > self.max_stored_bytes {
+            self.stored_bytes.fetch_sub(weight, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Removes a stored queue entry of `weight` bytes; returns the op's number.
+    pub fn delete_queued(&self, client_id: &ByteStr, seq: u64, weight: usize) -> u64 {
+        self.release(weight);
+        self.submit(StoreOp::QueueDelete {
+            client_id: client_id.clone(),
+            seq,
+        })
+    }
+
+    /// Uncounts `weight` queued bytes (their rows are deleted by another op).
+    pub fn release(&self, weight: usize) {
+        self.stored_bytes
+            .fetch_sub(weight as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes of queued messages the store holds.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
     }
 
     /// The number of the last op submitted so far.

@@ -173,16 +173,51 @@ fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr,
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
-    #[default]
+    /// Nothing survives a restart.
     Memory,
+    /// A redb file in `path`: sessions, queues, in-flight state, retained messages and wills
+    /// survive a restart and a `kill -9`.
+    #[default]
+    Embedded,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Every group commit is synced to disk before the acknowledgements that wait on it.
+    #[default]
+    Always,
+    /// Commits are synced every `sync_interval_ms`; a crash loses at most that much.
+    Periodic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    #[serde(default)]
     pub backend: StorageBackend,
+    /// Data directory; `./data` when unset.
     pub path: Option<PathBuf>,
+    pub sync: SyncMode,
+    /// With `sync = "periodic"`: milliseconds between syncs.
+    pub sync_interval_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Embedded,
+            path: None,
+            sync: SyncMode::Always,
+            sync_interval_ms: 1000,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The data directory the embedded store uses.
+    pub fn data_dir(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| PathBuf::from("./data"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -239,6 +274,9 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// Payload bytes waiting per session beyond those in flight.
     pub max_queued_bytes: usize,
+    /// Bytes of queued messages the store may hold for all sessions together (0: no cap). When
+    /// reached, messages for persistent sessions are dropped and 5.0 publishers get 0x97.
+    pub max_stored_bytes: u64,
     /// Topic levels beyond this are refused.
     pub max_topic_levels: usize,
 }
@@ -254,6 +292,7 @@ impl Default for Limits {
             max_inflight: 32,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
+            max_stored_bytes: 1024 * 1024 * 1024,
             max_topic_levels: 128,
         }
     }
@@ -261,7 +300,7 @@ impl Default for Limits {
 
 impl Default for Config {
     /// The built-in defaults: MQTT on 127.0.0.1:1883, MQTT over WebSocket on 127.0.0.1:8083
-    /// path `/mqtt`, HTTP on 127.0.0.1:18083, memory storage.
+    /// path `/mqtt`, HTTP on 127.0.0.1:18083, the embedded store in ./data.
     fn default() -> Self {
         let mut ws = ListenerConfig::new(
             SocketAddr::from(([127, 0, 0, 1], 8083)),
@@ -331,12 +370,17 @@ bind = "127.0.0.1:8083"
 protocol = "ws"
 path = "/mqtt"
 
-
 [storage]
-# Where sessions and retained messages live: "memory" (lost at restart) is the only backend so far.
-backend = "memory"
-# Data directory for a persistent backend; the memory backend does not use it. No default.
+# Where sessions, offline queues, in-flight messages, retained messages and wills live:
+# "embedded" (a redb file in `path`, survives restarts and kill -9) or "memory" (lost at restart).
+backend = "embedded"
+# Data directory of the embedded store; ./data when unset.
 # path = "./data"
+# "always": a PUBACK/PUBREC/SUBACK that depends on the store waits until the store is synced to
+# disk (many messages share one sync). "periodic": sync every sync_interval_ms; a crash can lose
+# up to that much of what was acknowledged.
+sync = "always"
+sync_interval_ms = 1000
 
 [auth]
 # Accept clients that send no username and password. When unset: accepted only if every
@@ -361,6 +405,9 @@ max_inflight = 32
 max_queued_messages = 1000
 # Payload bytes waiting per session beyond those in flight.
 max_queued_bytes = 16777216
+# Bytes of queued messages the store holds for all sessions together (0: no cap). When reached,
+# messages for persistent sessions are dropped and MQTT 5.0 publishers get 0x97 Quota exceeded.
+max_stored_bytes = 1073741824
 # Topics with more levels than this are refused.
 max_topic_levels = 128
 

@@ -16,11 +16,13 @@ use pigeon_codec::{
     Publish, PublishHead, PublishProperties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
+use pigeon_core::store::{QueueEntry, StoreOp};
 use pigeon_core::{
     Broker, ConnectionHandle, Control, Departure, Message, OutStage, Outgoing, Session,
     NEVER_EXPIRES,
 };
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -225,6 +227,11 @@ struct Client<'a, S> {
     client_alias_max: u16,
     out_aliases: HashMap<ByteStr, u16>,
     in_aliases: Vec<Option<ByteStr>>,
+    /// The store's progress (with a store only).
+    committed: Option<watch::Receiver<u64>>,
+    /// Acknowledgements waiting for the store to hold what they acknowledge, in the order they
+    /// must go out (MQTT-4.6.0-2): (store op number, packet).
+    held_acks: VecDeque<(u64, Packet)>,
 }
 
 async fn run_client<S>(
@@ -374,6 +381,7 @@ async fn run_client<S>(
             client_id.clone(),
             connect.clean_start,
             session_expiry,
+            will.clone(),
             handle,
         )
         .await;
@@ -397,6 +405,8 @@ async fn run_client<S>(
         client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         out_aliases: HashMap::new(),
         in_aliases: vec![None; usize::from(config.mqtt.topic_alias_maximum)],
+        committed: broker.committed(),
+        held_acks: VecDeque::new(),
     };
 
     let mut properties = ConnAckProperties::default();
@@ -468,7 +478,12 @@ where
             tokio::select! {
                 biased;
                 c = control.recv() => {
-                    let Some(Control::Disconnect(reason)) = c else { continue };
+                    // A closed channel: the broker stopped waiting for this connection to close
+                    // after a takeover and dropped its handle; it is taken over all the same.
+                    let reason = match c {
+                        Some(Control::Disconnect(reason)) => reason,
+                        None => ReasonCode::SESSION_TAKEN_OVER,
+                    };
                     info!(reason = %reason, "closing connection at the broker's request");
                     return Close { reason: Some(reason), departure: Departure::WithWill };
                 }
@@ -498,6 +513,12 @@ where
                     }
                 },
                 _ = session.notified() => {}
+                r = wait_committed(&mut self.committed), if !self.held_acks.is_empty() => {
+                    if r.is_err() {
+                        return Close { reason: Some(ReasonCode::SERVER_SHUTTING_DOWN), departure: Departure::Shutdown };
+                    }
+                    self.release_acks();
+                }
                 _ = &mut sleep, if !keep_alive.is_zero() => {
                     let deadline = self.last_received + keep_alive;
                     if Instant::now() >= deadline {
@@ -534,9 +555,7 @@ where
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(r) => {
-                self.session
-                    .lock()
-                    .take_inflight(r.packet_id, OutStage::Published);
+                self.acknowledged(r.packet_id, OutStage::Published);
                 Ok(())
             }
             Packet::PubRec(r) => {
@@ -544,7 +563,18 @@ where
                 Ok(())
             }
             Packet::PubRel(r) => {
-                let known = self.session.lock().incoming_qos2.remove(&r.packet_id);
+                let known = {
+                    let mut state = self.session.lock();
+                    let known = state.incoming_qos2.remove(&r.packet_id);
+                    if known {
+                        let client_id = self.session.client_id();
+                        self.broker.persist(&state, || StoreOp::IncomingDelete {
+                            client_id: client_id.clone(),
+                            packet_id: r.packet_id,
+                        });
+                    }
+                    known
+                };
                 let reason = if known || !self.protocol.is_v5() {
                     ReasonCode::SUCCESS
                 } else {
@@ -558,9 +588,7 @@ where
                 Ok(())
             }
             Packet::PubComp(r) => {
-                self.session
-                    .lock()
-                    .take_inflight(r.packet_id, OutStage::Released);
+                self.acknowledged(r.packet_id, OutStage::Released);
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
@@ -628,16 +656,20 @@ where
         }
         let qos = p.qos;
         let packet_id = p.packet_id;
+        let mut wait_for = 0;
         if qos == QoS::ExactlyOnce {
             let mut state = self.session.lock();
             if state.incoming_qos2.contains(&packet_id) {
                 // A resent PUBLISH whose PUBREC was lost: acknowledge again, route nothing
                 // (exactly once, MQTT-4.3.3-10).
                 drop(state);
-                self.send(&Packet::PubRec(PubResp {
-                    packet_id,
-                    ..Default::default()
-                }));
+                self.ack(
+                    0,
+                    Packet::PubRec(PubResp {
+                        packet_id,
+                        ..Default::default()
+                    }),
+                );
                 return Ok(());
             }
             if state.incoming_qos2.len() >= usize::from(config.limits.max_inflight)
@@ -650,6 +682,13 @@ where
                 return Err(Close::error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
             }
             state.incoming_qos2.insert(packet_id);
+            // Recorded before routing, so the store never holds the routed copies without the
+            // id that keeps a resent PUBLISH from being routed again after a restart.
+            let client_id = self.session.client_id();
+            wait_for = self.broker.persist(&state, || StoreOp::IncomingPut {
+                client_id: client_id.clone(),
+                packet_id,
+            });
         }
         let mut reason = ReasonCode::SUCCESS;
         if p.properties.payload_format_indicator == Some(1)
@@ -668,28 +707,44 @@ where
                 p.properties,
                 Some(self.client_id.clone()),
             );
-            let routed = self.broker.publish(Arc::new(message));
-            if routed == 0 && self.protocol.is_v5() {
+            let outcome = self.broker.publish(Arc::new(message));
+            wait_for = wait_for.max(outcome.wait_for);
+            if outcome.quota_exceeded && self.protocol.is_v5() {
+                // Some subscriber's queue (or the store) was full: say so where the protocol can.
+                reason = ReasonCode::QUOTA_EXCEEDED;
+            } else if outcome.routed == 0 && self.protocol.is_v5() {
                 reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }
         }
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResp {
-                packet_id,
-                reason,
-                properties: Default::default(),
-            })),
-            QoS::ExactlyOnce => {
-                if reason.is_error() {
-                    // A refused QoS 2 message ends its exchange here (MQTT-4.3.3-?); no PUBREL comes.
-                    self.session.lock().incoming_qos2.remove(&packet_id);
-                }
-                self.send(&Packet::PubRec(PubResp {
+            QoS::AtLeastOnce => self.ack(
+                wait_for,
+                Packet::PubAck(PubResp {
                     packet_id,
                     reason,
                     properties: Default::default(),
-                }))
+                }),
+            ),
+            QoS::ExactlyOnce => {
+                if reason.is_error() {
+                    // A refused QoS 2 message ends its exchange here; no PUBREL follows.
+                    let mut state = self.session.lock();
+                    state.incoming_qos2.remove(&packet_id);
+                    let client_id = self.session.client_id();
+                    self.broker.persist(&state, || StoreOp::IncomingDelete {
+                        client_id: client_id.clone(),
+                        packet_id,
+                    });
+                }
+                self.ack(
+                    wait_for,
+                    Packet::PubRec(PubResp {
+                        packet_id,
+                        reason,
+                        properties: Default::default(),
+                    }),
+                )
             }
         }
         Ok(())
@@ -705,6 +760,14 @@ where
                     return;
                 }
                 o.stage = OutStage::Released;
+                if o.delivery.seq != 0 {
+                    let op = StoreOp::QueuePut {
+                        client_id: self.session.client_id().clone(),
+                        seq: o.delivery.seq,
+                        entry: queue_entry(o),
+                    };
+                    self.broker.persist(&state, || op);
+                }
                 true
             }
             Some(o) => o.stage == OutStage::Released,
@@ -726,6 +789,7 @@ where
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let id = s.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(s.filters.len());
+        let mut wait_for = 0;
         for (filter, options) in &s.filters {
             let shared = topic::parse_shared(filter).is_some();
             if shared && options.no_local && self.protocol.is_v5() {
@@ -744,20 +808,27 @@ where
             let result = self.broker.subscribe(&self.session, filter, *options, id);
             debug!(filter = %filter, qos = options.qos as u8, "subscribed");
             codes.push(result.code);
+            wait_for = wait_for.max(result.wait_for);
         }
-        self.send(&Packet::SubAck(SubAck {
-            packet_id: s.packet_id,
-            return_codes: codes,
-            properties: Default::default(),
-        }));
+        // A persistent session's subscription is durable once its SUBACK is sent.
+        self.ack(
+            wait_for,
+            Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                return_codes: codes,
+                properties: Default::default(),
+            }),
+        );
         Ok(())
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
+        let mut wait_for = 0;
         for filter in &u.filters {
-            let existed = self.broker.unsubscribe(&self.session, filter);
-            codes.push(if existed {
+            let removed = self.broker.unsubscribe(&self.session, filter);
+            wait_for = wait_for.max(removed.unwrap_or(0));
+            codes.push(if removed.is_some() {
                 ReasonCode::SUCCESS
             } else {
                 ReasonCode::NO_SUBSCRIPTION_EXISTED
@@ -766,11 +837,14 @@ where
         if !self.protocol.is_v5() {
             codes.clear();
         }
-        self.send(&Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            reason_codes: codes,
-            properties: Default::default(),
-        }));
+        self.ack(
+            wait_for,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reason_codes: codes,
+                properties: Default::default(),
+            }),
+        );
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Close {
@@ -802,7 +876,7 @@ where
     /// PUBREL, in their original order (MQTT-4.4.0-1).
     fn resend_inflight(&mut self) {
         let session = Arc::clone(&self.session);
-        let mut state = session.lock();
+        let state = session.lock();
         let now = Instant::now();
         let mut too_large = Vec::new();
         for o in &state.inflight {
@@ -824,8 +898,9 @@ where
         }
         // Larger than the Maximum Packet Size of this connection: discarded as if delivered
         // [MQTT-3.1.2-25] (5.0), so it does not hold an in-flight place forever.
+        drop(state);
         for packet_id in too_large {
-            state.take_inflight(packet_id, OutStage::Published);
+            self.acknowledged(packet_id, OutStage::Published);
         }
     }
 
@@ -852,7 +927,10 @@ where
                 Some(_) => {}
             }
             let delivery = state.pop_queued().expect("front checked above");
+            let seq = delivery.seq;
+            let client_id = session.client_id();
             if delivery.message.is_expired(now) {
+                self.broker.unstore(client_id, &delivery);
                 continue;
             }
             let packet_id = if delivery.qos == QoS::AtMostOnce {
@@ -865,7 +943,23 @@ where
                 delivery,
                 stage: OutStage::Published,
             };
-            if !self.write_publish(&out, false, now) {
+            let written = self.write_publish(&out, false, now);
+            if seq != 0 {
+                // QoS 0 is done once written (or dropped); QoS 1 stays stored as queued until its
+                // PUBACK (resent under a new id after a restart, which QoS 1 allows); QoS 2 must
+                // keep its packet id across a restart (MQTT-4.3.3: the receiver deduplicates by id).
+                if !written || out.delivery.qos == QoS::AtMostOnce {
+                    self.broker.unstore(client_id, &out.delivery);
+                } else if out.delivery.qos == QoS::ExactlyOnce {
+                    let entry = queue_entry(&out);
+                    self.broker.persist(&state, || StoreOp::QueuePut {
+                        client_id: client_id.clone(),
+                        seq,
+                        entry,
+                    });
+                }
+            }
+            if !written {
                 continue;
             }
             sent += 1;
@@ -878,6 +972,40 @@ where
             .stats
             .messages_sent
             .fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// The client acknowledged an outgoing message at `stage` (PUBACK, or PUBCOMP for PUBREL).
+    fn acknowledged(&mut self, packet_id: u16, stage: OutStage) {
+        let mut state = self.session.lock();
+        if let Some(done) = state.take_inflight(packet_id, stage) {
+            self.broker.unstore(self.session.client_id(), &done.delivery);
+        }
+    }
+
+    /// Sends an acknowledgement once store op `wait_for` is on disk (at once without a store or
+    /// when 0), keeping acknowledgements in the order they were made.
+    fn ack(&mut self, wait_for: u64, packet: Packet) {
+        let durable = match &self.committed {
+            Some(committed) => wait_for <= *committed.borrow(),
+            None => true,
+        };
+        if durable && self.held_acks.is_empty() {
+            self.send(&packet);
+        } else {
+            self.held_acks.push_back((wait_for, packet));
+        }
+    }
+
+    /// Sends the held acknowledgements whose store ops are now on disk.
+    fn release_acks(&mut self) {
+        let Some(committed) = &self.committed else {
+            return;
+        };
+        let done = *committed.borrow();
+        while self.held_acks.front().is_some_and(|(n, _)| *n <= done) {
+            let (_, packet) = self.held_acks.pop_front().expect("front checked");
+            encode(&packet, self.protocol, &mut self.io.wbuf);
+        }
     }
 
     /// Encodes one outgoing PUBLISH. False if it exceeds the client's Maximum Packet Size, in
@@ -955,6 +1083,16 @@ where
     }
 }
 
+/// Resolves when the store commits more (never without a store).
+async fn wait_committed(
+    committed: &mut Option<watch::Receiver<u64>>,
+) -> Result<(), watch::error::RecvError> {
+    match committed {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Writes from `wbuf` once, or flushes once `wbuf` is empty: TLS and WebSocket streams send
 /// what they hold only on flush. Cancel-safe: the buffer and flag change only after the
 /// operation completes.
@@ -984,4 +1122,16 @@ async fn read_more<R: AsyncRead + Unpin>(
 ) -> std::io::Result<usize> {
     rbuf.reserve(READ_RESERVE);
     reader.read_buf(rbuf).await
+}
+
+/// The stored form of an outgoing message, with its packet id and stage.
+fn queue_entry(out: &Outgoing) -> QueueEntry {
+    QueueEntry {
+        message: Arc::clone(&out.delivery.message),
+        qos: out.delivery.qos,
+        retain: out.delivery.retain,
+        subscription_ids: out.delivery.subscription_ids.clone(),
+        packet_id: out.packet_id,
+        stage: Some(out.stage),
+    }
 }

@@ -4,10 +4,11 @@
 //! Shutdown: stop accepting, tell every connection (5.0 clients get DISCONNECT 0x8B), wait for
 //! the connection tasks to flush and end (bounded), then return.
 
-use crate::config::Config;
+use crate::config::{Config, StorageBackend, SyncMode};
 use crate::connection::Shared;
 use crate::listener::{self, Transport};
 use crate::tls::{TlsError, TlsFiles, TlsSource};
+use pigeon_core::store::{Persistence, Store, SyncPolicy};
 use pigeon_core::{Broker, BrokerSettings, QueueLimits};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +28,9 @@ pub enum Error {
     },
     #[error("cannot read the address of a bound listener: {0}")]
     LocalAddr(std::io::Error),
+    /// The store cannot be opened or read: the broker does not start rather than start empty.
+    #[error("{0}")]
+    Store(#[from] pigeon_core::store::StoreError),
     #[error("listener {addr}: {source}")]
     Tls {
         addr: SocketAddr,
@@ -164,7 +168,26 @@ impl Server {
             retain_available: config.mqtt.retain_available,
             ..BrokerSettings::default()
         };
-        let broker = Broker::new(settings);
+        let broker = match config.storage.backend {
+            StorageBackend::Memory => Broker::new(settings),
+            StorageBackend::Embedded => {
+                let dir = config.storage.data_dir();
+                let store = pigeon_backends::EmbeddedStore::open(&dir)?;
+                let snapshot = store.load()?;
+                info!(path = %store.path().display(), "embedded store opened");
+                let policy = match config.storage.sync {
+                    SyncMode::Always => SyncPolicy::Always,
+                    SyncMode::Periodic => {
+                        SyncPolicy::Periodic(Duration::from_millis(config.storage.sync_interval_ms))
+                    }
+                };
+                Broker::restore(
+                    settings,
+                    Persistence::start(Arc::new(store), policy, config.limits.max_stored_bytes),
+                    snapshot,
+                )
+            }
+        };
         Ok(Server {
             listeners,
             http,
@@ -252,6 +275,7 @@ impl Server {
                 warn!("the HTTP listener did not stop within 5 s");
             }
         }
+        self.shared.broker.flush_store().await;
         info!("shutdown complete");
         Ok(())
     }

@@ -35,7 +35,7 @@ fn start_pigeon() -> Pigeon {
     let config = dir.join("pigeon.toml");
     std::fs::write(
         &config,
-        format!("[[listener]]\nbind = \"127.0.0.1:{port}\"\n"),
+        format!("[[listener]]\nbind = \"127.0.0.1:{port}\"\n\n[storage]\nbackend = \"memory\"\n"),
     )
     .expect("write config");
     let child = Command::new(env!("CARGO_BIN_EXE_pigeon"))

@@ -33,6 +33,11 @@ impl Broker {
         };
         let mut config = Config {
             listeners: vec![listener],
+            // Tests start from memory storage; a test of the store sets its own directory.
+            storage: pigeon_server::config::StorageConfig {
+                backend: pigeon_server::config::StorageBackend::Memory,
+                ..Default::default()
+            },
             // No HTTP listener: the default one binds a fixed port, which parallel tests share.
             http: None,
             ..Config::default()
