@@ -182,6 +182,8 @@ pub struct Persistence {
     pending: Mutex<Pending>,
     wake: Condvar,
     committed: watch::Sender<u64>,
+    /// Set by the writer thread once it has released the store (its file lock with it).
+    released: watch::Sender<bool>,
     /// Bytes (payload and topic) of the queued messages the store holds, and the cap on them.
     stored_bytes: AtomicU64,
     max_stored_bytes: u64,
@@ -204,13 +206,17 @@ impl Persistence {
             }),
             wake: Condvar::new(),
             committed,
+            released: watch::channel(false).0,
             stored_bytes: AtomicU64::new(0),
             max_stored_bytes,
         });
         let writer = Arc::clone(&p);
         std::thread::Builder::new()
             .name("pigeon-store".into())
-            .spawn(move || writer.write_loop(store, policy))
+            .spawn(move || {
+                writer.write_loop(store, policy);
+                writer.released.send_replace(true);
+            })
             .expect("spawn the store writer thread");
         p
     }
@@ -279,8 +285,13 @@ impl Persistence {
             pending.submitted
         };
         self.wake.notify_one();
-        let mut rx = self.committed.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|c| *c >= target)).await;
+        let mut committed = self.committed.subscribe();
+        let mut released = self.released.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let _ = committed.wait_for(|c| *c >= target).await;
+            let _ = released.wait_for(|r| *r).await;
+        })
+        .await;
     }
 
     fn write_loop(&self, store: Arc<dyn Store>, policy: SyncPolicy) {
