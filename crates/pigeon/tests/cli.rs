@@ -54,6 +54,10 @@ fn stderr(output: &Output) -> String {
 const GOOD: &str = r#"[[listener]]
 bind = "127.0.0.1:0"
 
+# Tests must not write a store into the source tree.
+[storage]
+backend = "memory"
+
 [limits]
 max_inflight = 100
 "#;
