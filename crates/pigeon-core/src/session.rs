@@ -196,7 +196,10 @@ impl Session {
         let mut written = 0;
         // Written while the lock is held, so the store sees a session's ops in the order the
         // session applies them (this put always precedes the delete that follows delivery).
-        if let Some(store) = store.filter(|_| state.expiry_interval > 0) {
+        // QoS 0 to a connected client is at most once: not worth a write. Queued for an offline
+        // client (queue_qos0), it is kept like the rest.
+        let durable = delivery.qos != QoS::AtMostOnce || !self.is_connected();
+        if let Some(store) = store.filter(|_| durable && state.expiry_interval > 0) {
             if !store.reserve(weight) {
                 state.dropped += 1;
                 return (Enqueued::DroppedStoreFull, 0);
