@@ -8,9 +8,13 @@
 //! - `session`: one client's session state, its bounded queue and in-flight window.
 //! - `broker`: the registry of sessions, takeover, wills, expiry, and the router.
 //! - `stats`: counters.
+//! - `auth`: the ports for authentication and authorization, and the chain that asks them.
+//! - `hooks`: the events port.
 //! - `store`: the storage port, and group commit in front of it.
 
+pub mod auth;
 pub mod broker;
+pub mod hooks;
 pub mod message;
 pub mod retain;
 pub mod session;
@@ -18,8 +22,13 @@ pub mod stats;
 pub mod store;
 pub mod subscriptions;
 
+pub use auth::{
+    Acl, Action, Admission, AuthChain, Authentication, Authenticator, Authorizer, Check,
+    ClientInfo, ConnectRequest, Reason, Refused, Verdict,
+};
 pub use broker::{
     Broker, BrokerSettings, ConnectionHandle, Control, Departure, PublishOutcome, SubscribeResult,
 };
+pub use hooks::{Disconnection, HookList, Hooks, SubscriptionRequest};
 pub use message::{Delivery, Message};
 pub use session::{Enqueued, OutStage, Outgoing, QueueLimits, Session, SessionId, NEVER_EXPIRES};
