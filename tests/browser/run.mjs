@@ -46,6 +46,7 @@ async function startBroker(work) {
     '[[listener]]', 'bind = "127.0.0.1:0"', 'protocol = "mqtt"', '',
     '[[listener]]', 'bind = "127.0.0.1:0"', 'protocol = "ws"', 'path = "/mqtt"', '',
     '[http]', 'bind = "127.0.0.1:0"', `static_dir = ${JSON.stringify(here)}`, '',
+    '[storage]', 'backend = "memory"', '',
   ].join('\n'));
   const logPath = join(outDir, 'pigeon.log');
   const log = createWriteStream(logPath);

@@ -367,6 +367,10 @@ async fn unusable_certificate_files_stop_the_start_with_their_name() {
         let config = Config {
             listeners: vec![l],
             http: None,
+            storage: pigeon_server::config::StorageConfig {
+                backend: pigeon_server::config::StorageBackend::Memory,
+                ..Default::default()
+            },
             ..Config::default()
         };
         match Server::bind(config).await {

@@ -60,6 +60,11 @@ pub async fn start(listeners: Vec<ListenerConfig>, f: impl FnOnce(&mut Config)) 
     let mut config = Config {
         listeners,
         http: None,
+        // Memory storage: tests run in parallel and must not share a store directory.
+        storage: pigeon_server::config::StorageConfig {
+            backend: pigeon_server::config::StorageBackend::Memory,
+            ..Default::default()
+        },
         ..Config::default()
     };
     f(&mut config);
