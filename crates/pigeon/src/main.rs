@@ -24,7 +24,8 @@ const RUNTIME_ERROR: u8 = 1;
 
 /// Pigeon, an MQTT broker.
 ///
-/// With no arguments, serves the built-in defaults: MQTT on 127.0.0.1:1883, messages in memory.
+/// With no arguments, serves the built-in defaults: MQTT on 127.0.0.1:1883, MQTT over WebSocket on
+/// ws://127.0.0.1:8083/mqtt, HTTP on 127.0.0.1:18083, sessions kept in the embedded store in ./data.
 /// With --config FILE, serves what FILE describes; `pigeon default-config` prints a commented
 /// example listing every key. Stops gracefully on SIGINT or SIGTERM (a second one exits at once).
 ///
@@ -214,13 +215,17 @@ fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()> + Send 
     })
 }
 
-/// Logs to stderr; RUST_LOG picks what, `info` when it is unset.
+/// What is logged when RUST_LOG is unset: `info`, without rustls' warning about clients that send
+/// an IP address as the TLS server name (mosquitto's clients do; it is not the client's error).
+const DEFAULT_LOG: &str = "info,rustls=error";
+
+/// Logs to stderr; RUST_LOG picks what, `DEFAULT_LOG` when it is unset.
 fn init_logging() {
     let (filter, invalid) = match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, None),
         Err(error) => {
             let set = std::env::var_os(EnvFilter::DEFAULT_ENV).is_some();
-            (EnvFilter::new("info"), set.then(|| error.to_string()))
+            (EnvFilter::new(DEFAULT_LOG), set.then(|| error.to_string()))
         }
     };
     tracing_subscriber::fmt()
