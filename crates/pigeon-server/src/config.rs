@@ -220,11 +220,110 @@ impl StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// Who may connect, publish and subscribe. Backends run in `order` (or the built-in order:
+/// password_file, then acl_file); Rust backends added by `Pigeon::builder()` run after them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// `None`: allowed only when every listener is on loopback.
+    /// Accept clients that no backend authenticates and that send no credentials. `None`:
+    /// accepted only when every listener is on loopback and no authenticator is configured.
     pub allow_anonymous: Option<bool>,
+    /// mosquitto's password file (`$7$` / `$6$` entries, as `mosquitto_passwd` and
+    /// `pigeon passwd` write). Read again on SIGHUP.
+    pub password_file: Option<PathBuf>,
+    /// mosquitto's ACL file (`user`, `topic`, `pattern`). Read again on SIGHUP.
+    pub acl_file: Option<PathBuf>,
+    /// Usernames that skip the ACL once authenticated.
+    pub superusers: Vec<String>,
+    /// The order the backends are asked in, by name; backends left out follow in the built-in
+    /// order. Empty: the built-in order.
+    pub order: Vec<String>,
+    /// Failed logins from one IP address within `login_failure_window` seconds before that
+    /// address is refused (CONNACK 0x8A Banned / 3.1.1 return code 5) for `login_ban_time`
+    /// seconds. 0 turns the limit off.
+    pub max_login_failures: u32,
+    pub login_failure_window: u64,
+    pub login_ban_time: u64,
+}
+
+/// Names of the built-in auth backends, in their default order.
+pub const AUTH_BACKENDS: &[&str] = &["password_file", "acl_file"];
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+            superusers: Vec::new(),
+            order: Vec::new(),
+            max_login_failures: 5,
+            login_failure_window: 60,
+            login_ban_time: 60,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether any authenticator is configured in the file.
+    pub fn has_authenticator(&self) -> bool {
+        self.password_file.is_some()
+    }
+
+    /// The configured backends' names, in the order they run.
+    pub fn backend_order(&self) -> Vec<&str> {
+        let configured = |name: &str| match name {
+            "password_file" => self.password_file.is_some(),
+            "acl_file" => self.acl_file.is_some(),
+            _ => false,
+        };
+        let mut order: Vec<&str> = self
+            .order
+            .iter()
+            .map(String::as_str)
+            .filter(|n| configured(n))
+            .collect();
+        for name in AUTH_BACKENDS {
+            if configured(name) && !order.contains(name) {
+                order.push(name);
+            }
+        }
+        order
+    }
+
+    /// `allow_anonymous` as set, or its default: true only when every listener is on loopback
+    /// and no authenticator is configured (`extra_authenticators`: added from Rust).
+    pub fn anonymous_allowed(
+        &self,
+        listeners: &[ListenerConfig],
+        extra_authenticators: bool,
+    ) -> bool {
+        self.allow_anonymous.unwrap_or_else(|| {
+            !self.has_authenticator()
+                && !extra_authenticators
+                && listeners.iter().all(|l| l.bind.ip().is_loopback())
+        })
+    }
+}
+
+/// The first listener bound beyond loopback when no auth is configured and `allow_anonymous`
+/// was not set: such a broker would be open to the network without anyone choosing that.
+pub fn open_to_the_network(config: &Config, extra_authenticators: bool) -> Option<&ListenerConfig> {
+    let auth = &config.auth;
+    if auth.allow_anonymous.is_some() || auth.has_authenticator() || extra_authenticators {
+        return None;
+    }
+    config.listeners.iter().find(|l| !l.bind.ip().is_loopback())
+}
+
+/// The error for `open_to_the_network`.
+pub fn open_to_the_network_reason(listener: &ListenerConfig) -> String {
+    format!(
+        "listener {} is not on loopback and no authentication is configured: set \
+         `password_file` (or another backend), or set `allow_anonymous = true` to accept \
+         anonymous clients from the network on purpose",
+        listener.bind
+    )
 }
 
 /// Protocol behaviour that is a choice, not a limit.
@@ -384,8 +483,25 @@ sync_interval_ms = 1000
 
 [auth]
 # Accept clients that send no username and password. When unset: accepted only if every
-# listener is on a loopback address.
+# listener is on a loopback address and no password_file is set. A listener beyond loopback
+# with no authentication configured refuses to start unless this is set.
 # allow_anonymous = true
+# mosquitto's password file: `user:$7$...` lines, written by `pigeon passwd` or
+# `mosquitto_passwd`. Read again on SIGHUP (a file that fails to load keeps the old users).
+# password_file = "/etc/pigeon/passwd"
+# mosquitto's ACL file: `user NAME`, `topic [read|write|readwrite|deny] FILTER`,
+# `pattern [access] FILTER` with %u and %c. When set, what no rule allows is denied.
+# Read again on SIGHUP.
+# acl_file = "/etc/pigeon/acl"
+# Usernames that skip the ACL once authenticated.
+superusers = []
+# The order backends are asked in; those left out follow in this built-in order.
+order = []
+# After this many failed logins from one IP address within login_failure_window seconds, that
+# address is refused (CONNACK 0x8A Banned; 3.1.1: 5) for login_ban_time seconds. 0: no limit.
+max_login_failures = 5
+login_failure_window = 60
+login_ban_time = 60
 
 [limits]
 # Largest keep alive accepted, in seconds (5.0 clients asking more get this value; 3.1.1 clients
@@ -618,6 +734,8 @@ impl Config {
             }
         }
 
+        check_auth(self)?;
+
         let limits = &self.limits;
         between(
             "connect_timeout",
@@ -643,6 +761,53 @@ impl Config {
         at_least("max_topic_levels", limits.max_topic_levels, 1)?;
         Ok(())
     }
+}
+
+/// The `[auth]` rules: known backend names, a closed door beyond loopback.
+fn check_auth(config: &Config) -> Result<(), Problem> {
+    let auth = &config.auth;
+    for (i, name) in auth.order.iter().enumerate() {
+        if !AUTH_BACKENDS.contains(&name.as_str()) {
+            return Err(Problem::new(
+                &[Key("auth"), Key("order")],
+                format!(
+                    "`{name}` is not an auth backend (known: {})",
+                    AUTH_BACKENDS.join(", ")
+                ),
+            ));
+        }
+        if auth.order[..i].contains(name) {
+            return Err(Problem::new(
+                &[Key("auth"), Key("order")],
+                format!("`{name}` is listed twice"),
+            ));
+        }
+    }
+    if auth.max_login_failures > 0 {
+        for (key, value) in [
+            ("login_failure_window", auth.login_failure_window),
+            ("login_ban_time", auth.login_ban_time),
+        ] {
+            if value == 0 {
+                return Err(Problem::new(
+                    &[Key("auth"), Key(key)],
+                    "must be at least 1 second while max_login_failures is above 0".to_owned(),
+                ));
+            }
+        }
+    }
+    if let Some(listener) = open_to_the_network(config, false) {
+        let i = config
+            .listeners
+            .iter()
+            .position(|l| std::ptr::eq(l, listener))
+            .expect("the listener is one of the config's");
+        return Err(Problem::new(
+            &[Key("listener"), Index(i), Key("bind")],
+            open_to_the_network_reason(listener),
+        ));
+    }
+    Ok(())
 }
 
 /// The keys of one listener that depend on its protocol.
@@ -1152,6 +1317,9 @@ tls_client_ca = "ca.crt"
 tls_client_optional = true
 use_identity_as_username = true
 
+[auth]
+allow_anonymous = true
+
 [http]
 static_dir = "public"
 "#;
@@ -1167,6 +1335,64 @@ static_dir = "public"
         let http = config.http.expect("[http] present");
         assert_eq!(http.bind, HttpConfig::default().bind);
         assert_eq!(http.static_dir, Some(PathBuf::from("public")));
+    }
+
+    #[test]
+    fn auth_section_parses() {
+        let text = format!(
+            "{ONE_LISTENER}[auth]\npassword_file = \"passwd\"\nacl_file = \"acl\"\n\
+             superusers = [\"admin\"]\norder = [\"acl_file\"]\nmax_login_failures = 0\n"
+        );
+        let config = Config::from_toml_str(&text, "pigeon.toml").expect("valid");
+        let auth = &config.auth;
+        assert_eq!(auth.password_file, Some(PathBuf::from("passwd")));
+        assert_eq!(auth.superusers, vec!["admin".to_owned()]);
+        assert_eq!(auth.backend_order(), vec!["acl_file", "password_file"]);
+        // A password file closes the door to anonymous clients unless it is opened on purpose.
+        assert!(!auth.anonymous_allowed(&config.listeners, false));
+        assert!(Config::default()
+            .auth
+            .anonymous_allowed(&Config::default().listeners, false));
+        assert!(!Config::default()
+            .auth
+            .anonymous_allowed(&Config::default().listeners, true));
+    }
+
+    #[test]
+    fn a_listener_beyond_loopback_needs_auth_or_an_explicit_choice() {
+        let open =
+            "[[listener]]\nbind = \"127.0.0.1:1883\"\n[[listener]]\nbind = \"0.0.0.0:1884\"\n";
+        let message = error(open);
+        assert!(
+            message.starts_with(
+                "pigeon.toml:4:1: [[listener]] bind: listener 0.0.0.0:1884 is not on loopback and \
+                 no authentication is configured: set `password_file`"
+            ),
+            "{message}"
+        );
+        for choice in [
+            "[auth]\nallow_anonymous = true\n",
+            "[auth]\nallow_anonymous = false\n",
+            "[auth]\npassword_file = \"passwd\"\n",
+        ] {
+            Config::from_toml_str(&format!("{open}{choice}"), "pigeon.toml").expect(choice);
+        }
+        let config = Config::from_toml_str(&format!("{open}[auth]\nallow_anonymous = true\n"), "x")
+            .expect("valid");
+        assert!(config.auth.anonymous_allowed(&config.listeners, false));
+    }
+
+    #[test]
+    fn auth_order_names_known_backends() {
+        let text = format!("{ONE_LISTENER}[auth]\norder = [\"password_file\", \"ldap\"]\n");
+        assert_eq!(
+            error(&text),
+            "pigeon.toml:4:1: [auth] order: `ldap` is not an auth backend (known: password_file, acl_file)"
+        );
+        let text = format!("{ONE_LISTENER}[auth]\nlogin_ban_time = 0\n");
+        assert!(
+            error(&text).starts_with("pigeon.toml:4:1: [auth] login_ban_time: must be at least 1")
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! syscall.
 
 use crate::config::Config;
+use crate::login_limit::LoginLimiter;
 use crate::tls::Username;
 use bytes::{Buf, BytesMut};
 use pigeon_codec::{
@@ -16,6 +17,8 @@ use pigeon_codec::{
     Publish, PublishHead, PublishProperties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
+use pigeon_core::auth::{Action, Admission, AuthChain, Check, ClientInfo, ConnectRequest, Verdict};
+use pigeon_core::hooks::{Disconnection, HookList, SubscriptionRequest};
 use pigeon_core::store::{QueueEntry, StoreOp};
 use pigeon_core::{
     Broker, ConnectionHandle, Control, Departure, Message, OutStage, Outgoing, Session,
@@ -39,15 +42,37 @@ const READ_RESERVE: usize = 8 * 1024;
 /// How long a closing connection may spend flushing its last packets.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What every connection task shares: the broker and the configuration.
+/// What every connection task shares: the broker, the configuration, the auth chain, the
+/// hooks and the failed-login counts.
 pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
     pub(crate) config: Config,
+    pub(crate) auth: Arc<AuthChain>,
+    pub(crate) hooks: HookList,
+    pub(crate) logins: LoginLimiter,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, broker: Arc<Broker>) -> Shared {
-        Shared { broker, config }
+    pub(crate) fn new(
+        config: Config,
+        broker: Arc<Broker>,
+        auth: Arc<AuthChain>,
+        hooks: HookList,
+    ) -> Shared {
+        let a = &config.auth;
+        let logins = LoginLimiter::new(
+            a.max_login_failures,
+            Duration::from_secs(a.login_failure_window),
+            Duration::from_secs(a.login_ban_time),
+            crate::login_limit::DEFAULT_CAPACITY,
+        );
+        Shared {
+            broker,
+            config,
+            auth,
+            hooks,
+            logins,
+        }
     }
 }
 
@@ -71,6 +96,7 @@ impl Close {
 pub(crate) async fn serve<S>(
     socket: S,
     peer: SocketAddr,
+    listener: Option<SocketAddr>,
     username: Username,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -120,7 +146,12 @@ pub(crate) async fn serve<S>(
     };
     if let Some(connect) = connect {
         let over_limit = current > limits.max_connections as u64;
-        run_client(io, *connect, peer, username, &shared, shutdown, over_limit).await;
+        let from = Origin {
+            peer,
+            listener,
+            username,
+        };
+        run_client(io, *connect, from, &shared, shutdown, over_limit).await;
     }
     stats.connections_current.fetch_sub(1, Ordering::Relaxed);
 }
@@ -156,6 +187,13 @@ async fn refuse_bad_connect<S: AsyncRead + AsyncWrite>(io: &mut Io<S>, e: &Decod
 enum ReadError {
     Io(std::io::Error),
     Decode(DecodeError),
+}
+
+/// Where a connection comes from: its address, its listener and what the TLS layer says of it.
+struct Origin {
+    peer: SocketAddr,
+    listener: Option<SocketAddr>,
+    username: Username,
 }
 
 /// The socket halves and buffers.
@@ -232,13 +270,22 @@ struct Client<'a, S> {
     /// Acknowledgements waiting for the store to hold what they acknowledge, in the order they
     /// must go out (MQTT-4.6.0-2): (store op number, packet).
     held_acks: VecDeque<(u64, Packet)>,
+    /// Who the client is, for the authorizers and hooks.
+    info: Arc<ClientInfo>,
+    /// Deliveries are checked against the ACL for read access (not for superusers, nor
+    /// without authorizers).
+    checks_reads: bool,
+    /// QoS 0 messages written in one drain, for the delivered hook, which runs after the
+    /// session lock is released. Reused between drains.
+    delivered: Vec<Arc<Message>>,
+    /// The reason of the client's DISCONNECT, for the disconnected hook.
+    client_disconnect: Option<ReasonCode>,
 }
 
 async fn run_client<S>(
     mut io: Io<S>,
     connect: Connect,
-    peer: SocketAddr,
-    username: Username,
+    from: Origin,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
     over_limit: bool,
@@ -246,6 +293,11 @@ async fn run_client<S>(
     S: AsyncRead + AsyncWrite + Send,
 {
     let protocol = connect.protocol;
+    let Origin {
+        peer,
+        listener,
+        username,
+    } = from;
     let config = &shared.config;
     let broker = &shared.broker;
     let refuse = |io: &mut Io<S>, code: ReasonCode| {
@@ -274,6 +326,12 @@ async fn run_client<S>(
         io.flush_best_effort().await;
         return;
     }
+    if let Some(left) = shared.logins.banned(peer.ip()) {
+        warn!(client_id = %connect.client_id, ip = %peer.ip(), ban_left_secs = left.as_secs(), "refusing CONNECT: too many failed logins from this address");
+        refuse(&mut io, ReasonCode::BANNED);
+        io.flush_best_effort().await;
+        return;
+    }
     if connect.properties.authentication_method.is_some() {
         warn!(client_id = %connect.client_id, "refusing CONNECT: enhanced authentication is not supported");
         refuse(&mut io, ReasonCode::BAD_AUTHENTICATION_METHOD);
@@ -281,10 +339,14 @@ async fn run_client<S>(
         return;
     }
 
-    // With `use_identity_as_username` the certificate names the client; auth will read this.
+    // With `use_identity_as_username` the certificate names the client, for auth and ACLs.
+    let mut certificate_identity = None;
     let username = match username {
         Username::FromConnect => connect.username.clone(),
-        Username::FromCertificate(name) => Some(name),
+        Username::FromCertificate(name) => {
+            certificate_identity = Some(name.clone());
+            Some(name)
+        }
         Username::CertificateMissing => {
             warn!("refusing CONNECT: use_identity_as_username is set and the client presented no certificate with a Common Name");
             refuse(&mut io, ReasonCode::NOT_AUTHORIZED);
@@ -370,6 +432,55 @@ async fn run_client<S>(
         }
     }
 
+    // Authentication, after every protocol check, so backends see only well-formed CONNECTs.
+    let request = ConnectRequest {
+        client_id: &client_id,
+        username: username.as_deref(),
+        password: connect.password.as_deref(),
+        peer,
+        protocol,
+        listener,
+        certificate_identity: certificate_identity.as_deref(),
+    };
+    let superuser = match shared.auth.authenticate(&request).resolve().await {
+        Admission::Accepted { superuser, by } => {
+            shared.logins.succeeded(peer.ip());
+            debug!(backend = %by, superuser, "authenticated");
+            superuser
+        }
+        Admission::Refused { code, reason, by } => {
+            let banned = shared.logins.failed(peer.ip());
+            warn!(
+                username = username.as_ref().map(ByteStr::as_str),
+                backend = %by,
+                %reason,
+                code = %code.reason_code(),
+                "refusing CONNECT: authentication failed"
+            );
+            if banned {
+                warn!(
+                    ip = %peer.ip(),
+                    failures = config.auth.max_login_failures,
+                    window_secs = config.auth.login_failure_window,
+                    ban_secs = config.auth.login_ban_time,
+                    "too many failed logins: address banned"
+                );
+            }
+            refuse(&mut io, code.reason_code());
+            io.flush_best_effort().await;
+            return;
+        }
+    };
+    let info = Arc::new(ClientInfo {
+        client_id: client_id.clone(),
+        username: username.clone(),
+        peer,
+        protocol,
+        listener,
+        certificate_identity,
+        superuser,
+    });
+
     let connection_id = broker.next_connection_id();
     let (control_tx, mut control_rx) = mpsc::channel(4);
     let handle = ConnectionHandle {
@@ -407,6 +518,10 @@ async fn run_client<S>(
         in_aliases: vec![None; usize::from(config.mqtt.topic_alias_maximum)],
         committed: broker.committed(),
         held_acks: VecDeque::new(),
+        checks_reads: shared.auth.checks_reads(&info),
+        info,
+        delivered: Vec::new(),
+        client_disconnect: None,
     };
 
     let mut properties = ConnAckProperties::default();
@@ -431,7 +546,8 @@ async fn run_client<S>(
         properties,
     };
     encode(&Packet::ConnAck(ack), protocol, &mut client.io.wbuf);
-    info!(%peer, username = username.as_ref().map(ByteStr::as_str), protocol = protocol.level(), clean_start = connect.clean_start, keep_alive, session_present = present, "client connected");
+    info!(%peer, username = username.as_ref().map(ByteStr::as_str), protocol = protocol.level(), clean_start = connect.clean_start, keep_alive, session_present = present, superuser, "client connected");
+    shared.hooks.each(|h| h.client_connected(&client.info));
 
     client.resend_inflight();
     let close = client.run(&mut control_rx, &mut shutdown).await;
@@ -469,7 +585,7 @@ where
         tokio::pin!(sleep);
         let session = Arc::clone(&self.session);
         // Packets that came in the same read as CONNECT are already buffered.
-        if let Err(close) = self.handle_input() {
+        if let Err(close) = self.handle_input().await {
             return close;
         }
         loop {
@@ -503,7 +619,7 @@ where
                         return Close { reason: None, departure: Departure::WithWill };
                     }
                     Ok(_) => {
-                        if let Err(close) = self.handle_input() {
+                        if let Err(close) = self.handle_input().await {
                             return close;
                         }
                     }
@@ -531,8 +647,9 @@ where
         }
     }
 
-    /// Decodes and handles every whole packet in the read buffer.
-    fn handle_input(&mut self) -> Result<(), Close> {
+    /// Decodes and handles every whole packet in the read buffer. Awaits only when an auth
+    /// backend answers after I/O; packets are handled in order either way.
+    async fn handle_input(&mut self) -> Result<(), Close> {
         loop {
             let packet = match self.io.decoder.decode(&mut self.io.rbuf) {
                 // Keep alive counts whole Control Packets [MQTT-3.1.2-22] (5.0), not bytes: a
@@ -547,15 +664,17 @@ where
                     return Err(Close::error(e.reason_code()));
                 }
             };
-            self.handle(packet)?;
+            self.handle(packet).await?;
         }
     }
 
-    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+    async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p),
+            Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubAck(r) => {
-                self.acknowledged(r.packet_id, OutStage::Published);
+                if let Some(done) = self.acknowledged(r.packet_id, OutStage::Published) {
+                    self.delivered_hook(&done);
+                }
                 Ok(())
             }
             Packet::PubRec(r) => {
@@ -588,10 +707,12 @@ where
                 Ok(())
             }
             Packet::PubComp(r) => {
-                self.acknowledged(r.packet_id, OutStage::Released);
+                if let Some(done) = self.acknowledged(r.packet_id, OutStage::Released) {
+                    self.delivered_hook(&done);
+                }
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
             Packet::Unsubscribe(u) => {
                 self.on_unsubscribe(u);
                 Ok(())
@@ -619,7 +740,15 @@ where
         }
     }
 
-    fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+    /// Asks the authorizers; awaits only when a backend needs I/O.
+    async fn authorize(&self, action: Action, topic: &str) -> Verdict {
+        match self.shared.auth.authorize(&self.info, action, topic) {
+            Check::Ready(verdict) => verdict,
+            Check::Pending(answer) => answer.await,
+        }
+    }
+
+    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
         let config = &self.shared.config;
         // Topic alias (5.0 section 3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias {
@@ -698,6 +827,22 @@ where
             reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
         } else if p.topic.starts_with("$SYS/") || p.topic.as_str() == "$SYS" {
             debug!(topic = %p.topic, "clients may not publish to $SYS; ignored");
+        } else if let Verdict::Denied { reason: why, by } = self
+            .authorize(
+                Action::Publish {
+                    qos,
+                    retain: p.retain,
+                },
+                &p.topic,
+            )
+            .await
+        {
+            // 5.0 says so in the acknowledgement; 3.1.1 has no way to, so the message is
+            // acknowledged and dropped, as mosquitto does.
+            info!(topic = %p.topic, backend = %by, reason = %why, "PUBLISH denied by the ACL; dropped");
+            if self.protocol.is_v5() {
+                reason = ReasonCode::NOT_AUTHORIZED;
+            }
         } else {
             let message = Message::new(
                 p.topic,
@@ -707,7 +852,17 @@ where
                 p.properties,
                 Some(self.client_id.clone()),
             );
-            let outcome = self.broker.publish(Arc::new(message));
+            let message = Arc::new(message);
+            let outcome = if self.shared.hooks.is_empty() {
+                self.broker.publish(message)
+            } else {
+                let outcome = self.broker.publish(Arc::clone(&message));
+                let info = &self.info;
+                self.shared
+                    .hooks
+                    .each(|h| h.message_published(Some(info), &message));
+                outcome
+            };
             wait_for = wait_for.max(outcome.wait_for);
             if outcome.quota_exceeded && self.protocol.is_v5() {
                 // Some subscriber's queue (or the store) was full: say so where the protocol can.
@@ -786,11 +941,39 @@ where
         }));
     }
 
-    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let id = s.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut wait_for = 0;
+        let v5 = self.protocol.is_v5();
         for (filter, options) in &s.filters {
+            let (mut filter, mut options) = (filter.clone(), *options);
+            if !self.shared.hooks.is_empty() {
+                let mut request = SubscriptionRequest {
+                    filter: filter.clone(),
+                    qos: options.qos,
+                };
+                let info = &self.info;
+                self.shared
+                    .hooks
+                    .each(|h| h.rewrite_subscription(info, &mut request));
+                if request.filter != filter {
+                    if !topic::valid_topic_filter(&request.filter) {
+                        warn!(filter = %filter, rewritten = %request.filter, "a hook rewrote the filter into an invalid one; refused");
+                        codes.push(if v5 {
+                            ReasonCode::TOPIC_FILTER_INVALID
+                        } else {
+                            ReasonCode::UNSPECIFIED_ERROR
+                        });
+                        continue;
+                    }
+                    debug!(filter = %filter, rewritten = %request.filter, "subscription rewritten by a hook");
+                    filter = request.filter;
+                }
+                options.qos = request.qos;
+            }
+            let filter = &filter;
+            let options = &options;
             let shared = topic::parse_shared(filter).is_some();
             if shared && options.no_local && self.protocol.is_v5() {
                 warn!(filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
@@ -805,8 +988,26 @@ where
                 });
                 continue;
             }
+            let plain = match topic::parse_shared(filter) {
+                Some(Ok((_, plain))) => plain,
+                _ => filter.as_str(),
+            };
+            let action = Action::Subscribe { qos: options.qos };
+            if let Verdict::Denied { reason, by } = self.authorize(action, plain).await {
+                info!(filter = %filter, backend = %by, %reason, "SUBSCRIBE denied by the ACL");
+                codes.push(if v5 {
+                    ReasonCode::NOT_AUTHORIZED
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
+                continue;
+            }
             let result = self.broker.subscribe(&self.session, filter, *options, id);
             debug!(filter = %filter, qos = options.qos as u8, "subscribed");
+            let info = &self.info;
+            self.shared
+                .hooks
+                .each(|h| h.subscribed(info, filter, options));
             codes.push(result.code);
             wait_for = wait_for.max(result.wait_for);
         }
@@ -828,6 +1029,10 @@ where
         for filter in &u.filters {
             let removed = self.broker.unsubscribe(&self.session, filter);
             wait_for = wait_for.max(removed.unwrap_or(0));
+            if removed.is_some() {
+                let info = &self.info;
+                self.shared.hooks.each(|h| h.unsubscribed(info, filter));
+            }
             codes.push(if removed.is_some() {
                 ReasonCode::SUCCESS
             } else {
@@ -860,6 +1065,7 @@ where
             self.session_expiry = expiry;
             self.session.lock().expiry_interval = expiry;
         }
+        self.client_disconnect = Some(d.reason);
         let departure = if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
             Departure::WithWill
         } else {
@@ -933,6 +1139,16 @@ where
                 self.broker.unstore(client_id, &delivery);
                 continue;
             }
+            if self.checks_reads {
+                let topic = &delivery.message.topic;
+                if let Verdict::Denied { reason, by } =
+                    self.shared.auth.authorize_read(&self.info, topic)
+                {
+                    debug!(topic = %topic, backend = %by, %reason, "delivery denied by the ACL (read); dropped");
+                    self.broker.unstore(client_id, &delivery);
+                    continue;
+                }
+            }
             let packet_id = if delivery.qos == QoS::AtMostOnce {
                 0
             } else {
@@ -965,9 +1181,19 @@ where
             sent += 1;
             if out.delivery.qos != QoS::AtMostOnce {
                 state.inflight.push_back(out);
+            } else if !self.shared.hooks.is_empty() {
+                self.delivered.push(out.delivery.message);
             }
         }
         drop(state);
+        // Hooks run without the session lock: one that publishes to this client must not
+        // deadlock on it.
+        for message in self.delivered.drain(..) {
+            let info = &self.info;
+            self.shared
+                .hooks
+                .each(|h| h.message_delivered(info, &message, QoS::AtMostOnce));
+        }
         self.broker
             .stats
             .messages_sent
@@ -975,11 +1201,21 @@ where
     }
 
     /// The client acknowledged an outgoing message at `stage` (PUBACK, or PUBCOMP for PUBREL).
-    fn acknowledged(&mut self, packet_id: u16, stage: OutStage) {
+    /// Returns the message it completes.
+    fn acknowledged(&mut self, packet_id: u16, stage: OutStage) -> Option<Outgoing> {
         let mut state = self.session.lock();
-        if let Some(done) = state.take_inflight(packet_id, stage) {
-            self.broker.unstore(self.session.client_id(), &done.delivery);
-        }
+        let done = state.take_inflight(packet_id, stage)?;
+        self.broker
+            .unstore(self.session.client_id(), &done.delivery);
+        Some(done)
+    }
+
+    /// Tells the hooks a QoS 1/2 message reached the client (PUBACK / PUBCOMP).
+    fn delivered_hook(&self, done: &Outgoing) {
+        let info = &self.info;
+        self.shared
+            .hooks
+            .each(|h| h.message_delivered(info, &done.delivery.message, done.delivery.qos));
     }
 
     /// Sends an acknowledgement once store op `wait_for` is on disk (at once without a store or
@@ -1080,6 +1316,15 @@ where
         let will = self.will.take();
         self.broker
             .detach(&self.session, self.connection_id, close.departure, will);
+        if !self.shared.hooks.is_empty() {
+            let how = match (self.client_disconnect, close.reason) {
+                (Some(reason), None) => Disconnection::Client(reason),
+                (_, Some(reason)) => Disconnection::Server(reason),
+                (None, None) => Disconnection::ConnectionLost,
+            };
+            let info = &self.info;
+            self.shared.hooks.each(|h| h.client_disconnected(info, how));
+        }
     }
 }
 

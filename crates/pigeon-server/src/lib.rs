@@ -9,16 +9,23 @@
 //! - `connection`: one client's task: CONNECT, then a `select!` over socket, session queue,
 //!   keep alive, broker control and shutdown.
 //! - `http`: the HTTP listener: health, index and static files.
-//! - `server`: `Server::bind` / `Server::run`, which tests call with port 0.
+//! - `login_limit`: failed logins counted per client address, and bans.
+//! - `server`: `Server::bind` / `Server::run`, which tests call with port 0; the auth chain from
+//!   the configuration; SIGHUP reloads.
+//! - `embed`: `Pigeon::builder()`, the broker as a library: Rust auth backends and hooks,
+//!   in-process publish and subscribe, graceful stop.
 
 pub mod config;
 mod connection;
+mod embed;
 mod http;
 mod listener;
+mod login_limit;
 mod server;
 mod tls;
 mod ws;
 
 pub use config::Config;
-pub use server::{Error, Server, TlsReloader};
+pub use embed::{InProcessError, Pigeon, PigeonBuilder, PigeonHandle, StartError, Subscription};
+pub use server::{AuthReloader, Error, Extensions, Server, TlsReloader};
 pub use tls::TlsError;

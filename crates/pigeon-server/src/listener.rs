@@ -105,7 +105,7 @@ pub(crate) async fn accept_loop(
         };
         tokio::spawn(
             async move {
-                serve(socket, peer, transport, shared, shutdown).await;
+                serve(socket, peer, local, transport, shared, shutdown).await;
                 drop(alive);
             }
             .instrument(span),
@@ -117,6 +117,7 @@ pub(crate) async fn accept_loop(
 async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     transport: Transport,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -124,7 +125,7 @@ async fn serve(
     let deadline = Instant::now() + Duration::from_secs(shared.config.limits.handshake_timeout);
     match transport {
         Transport::Tcp => {
-            connection::serve(socket, peer, Username::FromConnect, shared, shutdown).await;
+            connection::serve(socket, peer, local, Username::FromConnect, shared, shutdown).await;
         }
         Transport::Tls {
             tls,
@@ -140,7 +141,7 @@ async fn serve(
             } else {
                 Username::FromConnect
             };
-            connection::serve(stream, peer, username, shared, shutdown).await;
+            connection::serve(stream, peer, local, username, shared, shutdown).await;
         }
         Transport::Ws(settings) => {
             let upgrade = ws::accept(socket, peer, &settings);
@@ -153,6 +154,7 @@ async fn serve(
             connection::serve(
                 upgraded.stream,
                 peer,
+                local,
                 Username::FromConnect,
                 shared,
                 shutdown,
@@ -181,7 +183,7 @@ async fn serve(
                 return;
             };
             let peer = forwarded(peer, &upgraded);
-            connection::serve(upgraded.stream, peer, username, shared, shutdown).await;
+            connection::serve(upgraded.stream, peer, local, username, shared, shutdown).await;
         }
     }
 }

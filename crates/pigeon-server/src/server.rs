@@ -1,13 +1,17 @@
-//! `Server`: loads TLS certificates, binds the configured listeners and the HTTP listener, runs
-//! them, reloads certificates on SIGHUP, and shuts down in order.
+//! `Server`: loads TLS certificates and the auth backends, binds the configured listeners and the
+//! HTTP listener, runs them, reloads certificates, password and ACL files on SIGHUP, and shuts
+//! down in order.
 //!
 //! Shutdown: stop accepting, tell every connection (5.0 clients get DISCONNECT 0x8B), wait for
 //! the connection tasks to flush and end (bounded), then return.
 
-use crate::config::{Config, StorageBackend, SyncMode};
+use crate::config::{self, Config, StorageBackend, SyncMode};
 use crate::connection::Shared;
 use crate::listener::{self, Transport};
 use crate::tls::{TlsError, TlsFiles, TlsSource};
+use pigeon_backends::{AclFile, FileError, PasswordFile};
+use pigeon_core::auth::{AuthChain, Authenticator, Authorizer};
+use pigeon_core::hooks::{HookList, Hooks};
 use pigeon_core::store::{Persistence, Store, SyncPolicy};
 use pigeon_core::{Broker, BrokerSettings, QueueLimits};
 use std::future::Future;
@@ -44,6 +48,106 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A password or ACL file cannot be read or has an invalid line.
+    #[error("[auth] {key}: {source}")]
+    AuthFile {
+        key: &'static str,
+        #[source]
+        source: FileError,
+    },
+    /// A listener beyond loopback with no authentication, and `allow_anonymous` not set.
+    #[error("[auth] allow_anonymous: {0}")]
+    OpenToTheNetwork(String),
+    /// A SIGHUP-style reload of auth backends failed; they keep what they had.
+    #[error("auth reload failed: {0}")]
+    AuthReload(String),
+}
+
+/// Auth backends and hooks written in Rust, added to those the configuration names
+/// (`Pigeon::builder()` fills this).
+#[derive(Default)]
+pub struct Extensions {
+    pub authenticators: Vec<Arc<dyn Authenticator>>,
+    pub authorizers: Vec<Arc<dyn Authorizer>>,
+    pub hooks: Vec<Arc<dyn Hooks>>,
+}
+
+/// Reloads the password and ACL files (what SIGHUP does besides certificates).
+#[derive(Clone)]
+pub struct AuthReloader {
+    chain: Arc<AuthChain>,
+}
+
+impl AuthReloader {
+    /// Reloads every backend; one that fails keeps its old data (logged). Returns the failures.
+    pub fn reload(&self) -> Result<(), Error> {
+        let failed = self.chain.reload();
+        if failed.is_empty() {
+            info!("auth backends reloaded");
+            return Ok(());
+        }
+        for (backend, e) in &failed {
+            error!(%backend, error = %e, "auth reload failed; keeping the data in use");
+        }
+        let text: Vec<String> = failed.iter().map(|(b, e)| format!("{b}: {e}")).collect();
+        Err(Error::AuthReload(text.join("; ")))
+    }
+}
+
+/// The auth chain the configuration and the Rust extensions describe, in order.
+fn auth_chain(config: &Config, extensions: &Extensions) -> Result<AuthChain, Error> {
+    let extra_authenticators = !extensions.authenticators.is_empty();
+    if let Some(listener) = config::open_to_the_network(config, extra_authenticators) {
+        return Err(Error::OpenToTheNetwork(config::open_to_the_network_reason(
+            listener,
+        )));
+    }
+    let auth = &config.auth;
+    let mut authenticators: Vec<Arc<dyn Authenticator>> = Vec::new();
+    let mut authorizers: Vec<Arc<dyn Authorizer>> = Vec::new();
+    for name in auth.backend_order() {
+        match name {
+            "password_file" => {
+                let path = auth.password_file.as_ref().expect("listed only when set");
+                let (file, skipped) =
+                    PasswordFile::load(path).map_err(|source| Error::AuthFile {
+                        key: "password_file",
+                        source,
+                    })?;
+                for warning in skipped {
+                    warn!("password_file entry skipped: {warning}");
+                }
+                info!(path = %path.display(), users = file.user_count(), "password_file loaded");
+                authenticators.push(Arc::new(file));
+            }
+            "acl_file" => {
+                let path = auth.acl_file.as_ref().expect("listed only when set");
+                let file = AclFile::load(path).map_err(|source| Error::AuthFile {
+                    key: "acl_file",
+                    source,
+                })?;
+                info!(path = %path.display(), rules = file.rule_count(), "acl_file loaded");
+                authorizers.push(Arc::new(file));
+            }
+            other => unreachable!("config validation lets only known backends through: {other}"),
+        }
+    }
+    authenticators.extend(extensions.authenticators.iter().cloned());
+    authorizers.extend(extensions.authorizers.iter().cloned());
+    let allow_anonymous = auth.anonymous_allowed(&config.listeners, extra_authenticators);
+    info!(
+        allow_anonymous,
+        authenticators = authenticators.len(),
+        authorizers = authorizers.len(),
+        superusers = auth.superusers.len(),
+        "auth configured"
+    );
+    Ok(AuthChain::new(
+        authenticators,
+        authorizers,
+        auth.superusers.clone(),
+        allow_anonymous,
+    ))
 }
 
 pub struct Server {
@@ -86,6 +190,13 @@ impl TlsReloader {
 impl Server {
     /// Loads certificates and binds every listener of `config`; nothing is served until `run`.
     pub async fn bind(config: Config) -> Result<Server, Error> {
+        Server::bind_with(config, Extensions::default()).await
+    }
+
+    /// `bind`, with auth backends and hooks written in Rust.
+    pub async fn bind_with(config: Config, extensions: Extensions) -> Result<Server, Error> {
+        let auth = Arc::new(auth_chain(&config, &extensions)?);
+        let hooks = HookList::new(extensions.hooks);
         let mut tls_sources = Vec::new();
         for l in &config.listeners {
             if let (true, Some(cert), Some(key)) = (l.protocol.is_tls(), &l.tls_cert, &l.tls_key) {
@@ -194,7 +305,7 @@ impl Server {
             tls: TlsReloader {
                 sources: reloadable,
             },
-            shared: Arc::new(Shared::new(config, broker)),
+            shared: Arc::new(Shared::new(config, broker, auth, hooks)),
         })
     }
 
@@ -214,6 +325,17 @@ impl Server {
     /// A handle that reloads the TLS listeners' certificates, as SIGHUP does.
     pub fn tls_reloader(&self) -> TlsReloader {
         self.tls.clone()
+    }
+
+    /// A handle that reloads the password and ACL files, as SIGHUP does.
+    pub fn auth_reloader(&self) -> AuthReloader {
+        AuthReloader {
+            chain: Arc::clone(&self.shared.auth),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
     }
 
     pub fn broker(&self) -> Arc<Broker> {
@@ -239,8 +361,13 @@ impl Server {
         let http = self
             .http
             .map(|(socket, root)| tokio::spawn(crate::http::serve(socket, root, stop_rx.clone())));
-        if !self.tls.sources.is_empty() {
-            reload_on_sighup(self.tls.clone(), stop_rx.clone());
+        let auth = AuthReloader {
+            chain: Arc::clone(&self.shared.auth),
+        };
+        let auth_backends =
+            self.shared.auth.has_authenticators() || self.shared.auth.has_authorizers();
+        if !self.tls.sources.is_empty() || auth_backends {
+            reload_on_sighup(self.tls.clone(), auth, stop_rx.clone());
         }
         let sweeper = {
             let broker = Arc::clone(&self.shared.broker);
@@ -281,13 +408,13 @@ impl Server {
     }
 }
 
-/// Reloads TLS certificates at each SIGHUP until the server stops.
-fn reload_on_sighup(tls: TlsReloader, mut stop: watch::Receiver<bool>) {
+/// Reloads TLS certificates and auth files at each SIGHUP until the server stops.
+fn reload_on_sighup(tls: TlsReloader, auth: AuthReloader, mut stop: watch::Receiver<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => hangup,
         Err(e) => {
-            warn!(error = %e, "cannot install the SIGHUP handler; certificates will not reload");
+            warn!(error = %e, "cannot install the SIGHUP handler; certificates and auth files will not reload");
             return;
         }
     };
@@ -295,9 +422,10 @@ fn reload_on_sighup(tls: TlsReloader, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 Some(()) = hangup.recv() => {
-                    info!("SIGHUP: reloading TLS certificates");
-                    // Failures are logged by `reload`; the old certificates stay.
+                    info!("SIGHUP: reloading TLS certificates and auth files");
+                    // Failures are logged by `reload`; the old certificates and files stay.
                     let _ = tls.reload();
+                    let _ = auth.reload();
                 }
                 _ = stop.changed() => return,
             }
