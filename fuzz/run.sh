@@ -2,10 +2,10 @@
 # Builds the `decode` fuzz target and runs it for SECONDS; exits non-zero if libFuzzer finds a
 # crash, a panic or a timeout. Usage: fuzz/run.sh SECONDS
 #
-# With nightly and cargo-fuzz installed it builds through `cargo fuzz` (AddressSanitizer on);
-# otherwise it builds on stable with the same coverage flags cargo-fuzz passes, without ASan
-# (`--target` keeps the flags off build scripts, as cargo-fuzz does)
-# (the codec has no unsafe code apart from one unchecked str conversion, so ASan adds little).
+# With nightly and cargo-fuzz installed it builds through `cargo fuzz` (AddressSanitizer on).
+# Otherwise, or with FUZZ_STABLE=1, it builds on stable with the coverage flags cargo-fuzz
+# passes, without ASan; `--target` keeps those flags off build scripts, as cargo-fuzz does. The
+# codec has no unsafe code apart from one unchecked str conversion, so ASan adds little.
 set -euo pipefail
 
 seconds="${1:?usage: fuzz/run.sh SECONDS}"
@@ -13,7 +13,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 
 host="$(rustc -vV | sed -n 's/^host: //p')"
-if cargo +nightly --version >/dev/null 2>&1 && cargo +nightly fuzz --version >/dev/null 2>&1; then
+if [ -z "${FUZZ_STABLE:-}" ] && cargo +nightly --version >/dev/null 2>&1 \
+    && cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo +nightly fuzz build --release decode
     bin="$here/target/$host/release/decode"
 else
