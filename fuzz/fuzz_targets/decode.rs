@@ -76,12 +76,20 @@ fn check_prefixes(decoder: &Decoder, bytes: &[u8], packet: &Packet) {
 fn check_round_trip(packet: &Packet, protocol: Protocol) {
     let mut buf = BytesMut::new();
     encode(packet, protocol, &mut buf);
-    assert_eq!(buf.len(), encoded_len(packet, protocol), "encoded_len of {packet:?}");
+    assert_eq!(
+        buf.len(),
+        encoded_len(packet, protocol),
+        "encoded_len of {packet:?}"
+    );
     let mut decoder = match packet {
         Packet::Connect(_) => Decoder::new(u32::MAX),
         _ => Decoder::with_protocol(protocol, u32::MAX),
     };
     let again = decoder.decode(&mut buf);
-    assert_eq!(again.as_ref(), Ok(&Some(packet.clone())), "re-encoded {packet:?} at {protocol:?}");
+    assert_eq!(
+        again.as_ref(),
+        Ok(&Some(packet.clone())),
+        "re-encoded {packet:?} at {protocol:?}"
+    );
     assert!(buf.is_empty(), "bytes left after the re-encoded packet");
 }
