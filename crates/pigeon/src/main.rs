@@ -1,4 +1,5 @@
-//! The `pigeon` command: serve, check a configuration, print the example one, run the benchmark.
+//! The `pigeon` command: serve, check a configuration, print the example one, edit a password
+//! file, run the benchmark.
 //!
 //! Exit codes: 0 after a graceful shutdown or a successful command; 1 on a runtime error (a
 //! listener that cannot bind, a failed benchmark); 2 on a configuration or usage error.
@@ -6,6 +7,7 @@
 //! Logs go to stderr, filtered by RUST_LOG (default `info`); command output goes to stdout.
 
 mod bench;
+mod passwd;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use pigeon_server::config::{Config, DEFAULT_CONFIG};
@@ -59,6 +61,8 @@ enum Command {
     DefaultConfig,
     /// Load a broker with MQTT clients and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Add, change or delete users of a password file (mosquitto_passwd's format and options).
+    Passwd(passwd::PasswdArgs),
 }
 
 fn parse_threads(text: &str) -> Result<NonZeroUsize, String> {
@@ -85,6 +89,13 @@ fn main() -> ExitCode {
                 Command::CheckConfig { file } => check_config(&file),
                 Command::DefaultConfig => print_stdout(DEFAULT_CONFIG),
                 Command::Bench(args) => bench(args, cli.threads),
+                Command::Passwd(args) => match passwd::run(args) {
+                    Ok(done) => print_stdout(&format!("{done}\n")),
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        ExitCode::from(RUNTIME_ERROR)
+                    }
+                },
             }
         }
     }
