@@ -450,7 +450,10 @@ async fn run_client<S>(
         }
         Admission::Refused { code, reason, by } => {
             let banned = shared.logins.failed(peer.ip());
+            // Client and address named here too: the connection's span is info level.
             warn!(
+                client_id = %client_id,
+                %peer,
                 username = username.as_ref().map(ByteStr::as_str),
                 backend = %by,
                 %reason,
