@@ -346,7 +346,11 @@ async fn acknowledged_messages_survive_kill_9_at_random_points() {
     );
     let mut seen = BTreeSet::new();
     for (seq, qos) in &got {
-        assert_eq!(*qos, qos_of(*seq), "message {seq} delivered at the wrong QoS");
+        assert_eq!(
+            *qos,
+            qos_of(*seq),
+            "message {seq} delivered at the wrong QoS"
+        );
         if *qos == QoS::ExactlyOnce {
             assert!(seen.insert(*seq), "QoS 2 message {seq} delivered twice");
         }
@@ -359,6 +363,112 @@ async fn acknowledged_messages_survive_kill_9_at_random_points() {
         "acknowledged {} messages over {rounds} kills; delivered {}",
         acked.len(),
         got.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_will_survives_kill_9_and_is_published_after_restart() {
+    let dir = temp_dir("durable-will");
+    let port = free_port();
+    let broker = Broker::start(&dir, port);
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut c = Client {
+        stream,
+        protocol: Protocol::V5,
+        rbuf: BytesMut::new(),
+        decoder: Decoder::with_protocol(Protocol::V5, 1 << 24),
+    };
+    let mut connect = Connect {
+        protocol: Protocol::V5,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: ByteStr::from("device-7"),
+        will: Some(pigeon_codec::Will {
+            topic: ByteStr::from("status/device-7"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: pigeon_codec::WillProperties {
+                will_delay_interval: Some(1),
+                ..Default::default()
+            },
+        }),
+        username: None,
+        password: None,
+        properties: Default::default(),
+    };
+    connect.properties.session_expiry_interval = Some(60);
+    c.send(&Packet::Connect(Box::new(connect)))
+        .await
+        .expect("CONNECT");
+    assert!(matches!(
+        c.recv(Duration::from_secs(10)).await,
+        Some(Packet::ConnAck(_))
+    ));
+    // The broker dies while the client is connected; the will was stored with the session.
+    broker.kill9();
+    drop(c);
+
+    let broker = Broker::start(&dir, port);
+    // The will is retained, so a subscriber that comes after it was published still sees it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut s, _) = Client::connect(port, Protocol::V3_1_1, "watcher", true, None).await;
+    let sub = Subscribe {
+        packet_id: 1,
+        filters: vec![(
+            ByteStr::from("status/#"),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            },
+        )],
+        properties: Default::default(),
+    };
+    s.send(&Packet::Subscribe(sub)).await.expect("SUBSCRIBE");
+    assert!(matches!(
+        s.recv(Duration::from_secs(5)).await,
+        Some(Packet::SubAck(_))
+    ));
+    match s.recv(Duration::from_secs(5)).await {
+        Some(Packet::Publish(p)) => assert_eq!(
+            (p.topic.as_str(), &p.payload[..]),
+            ("status/device-7", &b"gone"[..])
+        ),
+        other => panic!("expected the will, got {other:?}"),
+    }
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_damaged_store_stops_the_start_with_the_file_named() {
+    let dir = temp_dir("durable-damaged");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(data.join("pigeon.redb"), vec![0x5a; 16384]).expect("junk store");
+    let config = dir.join("pigeon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:{}\"\n\n[storage]\nbackend = \"embedded\"\npath = \"{}\"\n",
+            free_port(),
+            data.display()
+        ),
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_pigeon"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run pigeon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pigeon.redb"),
+        "the error names the store file: {stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
