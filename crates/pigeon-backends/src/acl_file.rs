@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 /// What a rule grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub enum Access {
     Read,
     Write,
     ReadWrite,
@@ -322,6 +322,18 @@ impl AclRules {
             }
         }
         Ok(rules)
+    }
+
+    /// Adds a rule that does not come from a file (a database row, a token's claim), as a
+    /// `pattern` line: `%u` and `%c` levels stand for the client. `rule` names it in denials.
+    pub fn add_pattern(&mut self, filter: &str, access: Access, rule: Arc<str>) -> Result<(), String> {
+        if !valid_topic_filter(filter) {
+            return Err(format!("`{filter}` is not a valid topic filter"));
+        }
+        self.patterns.insert(filter, true, access, &rule);
+        self.has_patterns = true;
+        self.count += 1;
+        Ok(())
     }
 
     /// Number of `topic` and `pattern` lines.

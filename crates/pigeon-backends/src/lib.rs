@@ -6,12 +6,26 @@
 //! - `password_file`: mosquitto's password file (`$7$`, `$6$`), the authenticator and the editor
 //!   behind `pigeon passwd`.
 //! - `acl_file`: mosquitto's ACL file, the authorizer.
+//! - `http_auth`: the `http` backend, JSON POSTs to the user's auth and ACL endpoints.
+//! - `user_db`: users and ACL rows from a database, cached; `redis_auth` and `postgres_auth`
+//!   are its lookups.
+//! - `jwt`: a JSON Web Token as password, with topic rights in a claim.
+//! - `cache`: the bounded TTL cache the external backends share.
 
 pub mod acl_file;
+mod cache;
 pub mod embedded;
+pub mod http_auth;
+pub mod jwt;
 pub mod password_file;
+pub mod postgres_auth;
 mod record;
+pub mod redis_auth;
+pub mod user_db;
 
 pub use acl_file::AclFile;
 pub use embedded::EmbeddedStore;
+pub use http_auth::HttpAuth;
+pub use jwt::JwtAuth;
 pub use password_file::{FileError, PasswordFile};
+pub use user_db::UserDb;
