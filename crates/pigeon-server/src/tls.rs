@@ -106,8 +106,8 @@ where
         .await
 }
 
-/// Where a client's username comes from (`use_identity_as_username`). Authentication is not
-/// implemented yet; the connection logs the username, and auth will read it there.
+/// Where a client's username comes from (`use_identity_as_username`). The connection hands it
+/// to the auth chain as the username and as the verified certificate identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Username {
     /// CONNECT's User Name field.
