@@ -326,7 +326,12 @@ impl AclRules {
 
     /// Adds a rule that does not come from a file (a database row, a token's claim), as a
     /// `pattern` line: `%u` and `%c` levels stand for the client. `rule` names it in denials.
-    pub fn add_pattern(&mut self, filter: &str, access: Access, rule: Arc<str>) -> Result<(), String> {
+    pub fn add_pattern(
+        &mut self,
+        filter: &str,
+        access: Access,
+        rule: Arc<str>,
+    ) -> Result<(), String> {
         if !valid_topic_filter(filter) {
             return Err(format!("`{filter}` is not a valid topic filter"));
         }

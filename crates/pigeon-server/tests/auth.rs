@@ -285,7 +285,11 @@ async fn the_issue_table_end_to_end() {
         let got = received(&mut server, &mut client).await;
         assert_eq!(payloads(&got), vec!["down"], "{protocol:?} client got");
         let got = exactly(&mut watcher, 2).await;
-        assert_eq!(payloads(&got), vec!["up", "down"], "{protocol:?} watcher got");
+        assert_eq!(
+            payloads(&got),
+            vec!["up", "down"],
+            "{protocol:?} watcher got"
+        );
     }
     handle.stop().await.expect("stops");
 }
