@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+mod auth_backends;
+pub use auth_backends::{HttpAuthConfig, JwtAuthConfig, PostgresAuthConfig, RedisAuthConfig};
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -244,10 +247,18 @@ pub struct AuthConfig {
     pub max_login_failures: u32,
     pub login_failure_window: u64,
     pub login_ban_time: u64,
+    /// `[auth.http]`: JSON POSTs to the user's auth and ACL endpoints.
+    pub http: Option<HttpAuthConfig>,
+    /// `[auth.redis]`: users and ACL rows in Redis hashes.
+    pub redis: Option<RedisAuthConfig>,
+    /// `[auth.postgres]`: users and ACL rows in PostgreSQL tables.
+    pub postgres: Option<PostgresAuthConfig>,
+    /// `[auth.jwt]`: a JSON Web Token in the password field.
+    pub jwt: Option<JwtAuthConfig>,
 }
 
 /// Names of the built-in auth backends, in their default order.
-pub const AUTH_BACKENDS: &[&str] = &["password_file", "acl_file"];
+pub const AUTH_BACKENDS: &[&str] = &["password_file", "acl_file", "jwt", "redis", "postgres", "http"];
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -260,6 +271,10 @@ impl Default for AuthConfig {
             max_login_failures: 5,
             login_failure_window: 60,
             login_ban_time: 60,
+            http: None,
+            redis: None,
+            postgres: None,
+            jwt: None,
         }
     }
 }
@@ -268,6 +283,13 @@ impl AuthConfig {
     /// Whether any authenticator is configured in the file.
     pub fn has_authenticator(&self) -> bool {
         self.password_file.is_some()
+            || self.jwt.is_some()
+            || self.http.as_ref().is_some_and(|h| h.auth_url.is_some())
+            || self.redis.as_ref().is_some_and(|r| !r.user_key.is_empty())
+            || self
+                .postgres
+                .as_ref()
+                .is_some_and(|p| !p.auth_query.trim().is_empty())
     }
 
     /// The configured backends' names, in the order they run.
@@ -275,6 +297,10 @@ impl AuthConfig {
         let configured = |name: &str| match name {
             "password_file" => self.password_file.is_some(),
             "acl_file" => self.acl_file.is_some(),
+            "jwt" => self.jwt.is_some(),
+            "redis" => self.redis.is_some(),
+            "postgres" => self.postgres.is_some(),
+            "http" => self.http.is_some(),
             _ => false,
         };
         let mut order: Vec<&str> = self
@@ -483,7 +509,8 @@ sync_interval_ms = 1000
 
 [auth]
 # Accept clients that send no username and password. When unset: accepted only if every
-# listener is on a loopback address and no password_file is set. A listener beyond loopback
+# listener is on a loopback address and no backend that authenticates is set: password_file,
+# jwt, or the auth_url, user_key or auth_query of http, redis or postgres. A listener beyond loopback
 # with no authentication configured refuses to start unless this is set.
 # allow_anonymous = true
 # mosquitto's password file: `user:$7$...` lines, written by `pigeon passwd` or
@@ -495,13 +522,77 @@ sync_interval_ms = 1000
 # acl_file = "/etc/pigeon/acl"
 # Usernames that skip the ACL once authenticated.
 superusers = []
-# The order backends are asked in; those left out follow in this built-in order.
+# The order backends are asked in, by name; those left out follow in the built-in order:
+# password_file, acl_file, jwt, redis, postgres, http.
 order = []
 # After this many failed logins from one IP address within login_failure_window seconds, that
 # address is refused (CONNACK 0x8A Banned; 3.1.1: 5) for login_ban_time seconds. 0: no limit.
 max_login_failures = 5
 login_failure_window = 60
 login_ban_time = 60
+
+# Backends beyond files: each section below, uncommented, turns one on, and its name (http,
+# redis, postgres, jwt) may go in `order`. A backend that cannot reach its service refuses
+# the client (fail closed) and the log names the service and the error.
+
+# [auth.http]
+# The broker POSTs JSON to your service: at CONNECT to auth_url (clientid, username, password,
+# peerhost, peerport, protocol), at PUBLISH and SUBSCRIBE to acl_url (clientid, username,
+# peerhost, topic, access = "write" or "subscribe"). A 2xx answer with {"result": "allow"} or
+# an empty body allows, {"result": "deny"} or any other status denies, {"result": "ignore"}
+# asks the next backend (the contract of EMQX's and mosquitto-go-auth's HTTP backends).
+# auth_url = "http://127.0.0.1:8080/mqtt/auth"
+# acl_url = "http://127.0.0.1:8080/mqtt/acl"
+# Milliseconds to wait for an answer, connection included.
+# timeout_ms = 5000
+# Headers sent with every request, e.g. { Authorization = "Bearer change-me" }.
+# headers = {}
+# Milliseconds an answer is reused (0: ask every time), and how many are kept.
+# cache_ttl_ms = 30000
+# cache_max_entries = 100000
+
+# [auth.redis]
+# Users and ACL rows in Redis hashes; %u is the username, %c the client id. The user hash holds
+# a mosquitto password hash ($7$ or $6$, as `pigeon passwd` writes) and an optional superuser
+# flag (1 or true); the ACL hash maps topic filters to 1 (read), 2 (write) or 3 (both). An
+# empty key turns that half off.
+# url = "redis://127.0.0.1:6379/0"
+# user_key = "mqtt_user:%u"
+# password_field = "password"
+# superuser_field = "is_superuser"
+# acl_key = "mqtt_acl:%u"
+# timeout_ms = 5000
+# Milliseconds a client's ACL rows are used before they are read again, and how many clients'
+# rows are kept.
+# cache_ttl_ms = 30000
+# cache_max_entries = 100000
+
+# [auth.postgres]
+# Users and ACL rows in PostgreSQL. $1 is the username, $2 (if the query uses it) the client
+# id. auth_query returns the password hash ($7$ or $6$) and optionally a superuser flag;
+# acl_query returns (topic, rw) rows, rw 1 read, 2 write, 3 both; topics may hold +, #, %u
+# and %c. An empty query turns that half off. No TLS: sslmode=require is refused.
+# url = "host=127.0.0.1 port=5432 user=pigeon password=change-me dbname=mqtt"
+# auth_query = "SELECT password, is_superuser FROM mqtt_user WHERE username = $1"
+# acl_query = "SELECT topic, rw FROM mqtt_acl WHERE username = $1"
+# pool_size = 4
+# timeout_ms = 5000
+# cache_ttl_ms = 30000
+# cache_max_entries = 100000
+
+# [auth.jwt]
+# A JSON Web Token as the password: HS256 with `secret`, RS256 with `public_key_file` (PEM),
+# or both. `exp` is required and checked; an expired token or a bad signature is refused
+# (bad username or password). The username claim must equal CONNECT's username when both are
+# present (empty: not checked). The acl claim, {"pub": [...], "sub": [...], "all": [...]},
+# grants topics until the token expires.
+# secret = "change-me"
+# public_key_file = "/etc/pigeon/jwt-public.pem"
+# username_claim = "sub"
+# acl_claim = "acl"
+# leeway_secs = 0
+# Connections whose token rights are kept at most.
+# cache_max_entries = 100000
 
 [limits]
 # Largest keep alive accepted, in seconds (5.0 clients asking more get this value; 3.1.1 clients
@@ -783,6 +874,7 @@ fn check_auth(config: &Config) -> Result<(), Problem> {
             ));
         }
     }
+    auth_backends::check(auth)?;
     if auth.max_login_failures > 0 {
         for (key, value) in [
             ("login_failure_window", auth.login_failure_window),
@@ -1153,6 +1245,10 @@ mod tests {
             ("[[listener]]", format!("{ONE_LISTENER}__probe = 1\n")),
             ("[storage]", "[storage]\n__probe = 1\n".to_owned()),
             ("[auth]", "[auth]\n__probe = 1\n".to_owned()),
+            ("[auth.http]", "[auth.http]\n__probe = 1\n".to_owned()),
+            ("[auth.redis]", "[auth.redis]\n__probe = 1\n".to_owned()),
+            ("[auth.postgres]", "[auth.postgres]\n__probe = 1\n".to_owned()),
+            ("[auth.jwt]", "[auth.jwt]\n__probe = 1\n".to_owned()),
             ("[limits]", "[limits]\n__probe = 1\n".to_owned()),
             ("[mqtt]", "[mqtt]\n__probe = 1\n".to_owned()),
             ("[http]", "[http]\n__probe = 1\n".to_owned()),
@@ -1168,12 +1264,21 @@ mod tests {
                 let listed = if section.is_empty() {
                     DEFAULT_CONFIG.contains(&format!("[{field}]"))
                         || DEFAULT_CONFIG.contains(&format!("[[{field}]]"))
+                } else if DEFAULT_CONFIG.contains(&format!(
+                    "[{}.{field}]",
+                    section.trim_matches(['[', ']'])
+                )) {
+                    // A table inside the section, such as [auth.http].
+                    true
                 } else {
+                    // Optional sections are commented out, header included.
                     let body = DEFAULT_CONFIG
                         .split_once(&format!("\n{section}\n"))
+                        .or_else(|| DEFAULT_CONFIG.split_once(&format!("\n# {section}\n")))
                         .expect("section present")
                         .1;
                     let body = body.split("\n[").next().expect("split yields one part");
+                    let body = body.split("\n# [").next().expect("split yields one part");
                     body.lines().any(|line| {
                         let line = line.trim_start_matches("# ");
                         line.starts_with(&format!("{field} = "))
@@ -1387,7 +1492,7 @@ static_dir = "public"
         let text = format!("{ONE_LISTENER}[auth]\norder = [\"password_file\", \"ldap\"]\n");
         assert_eq!(
             error(&text),
-            "pigeon.toml:4:1: [auth] order: `ldap` is not an auth backend (known: password_file, acl_file)"
+            "pigeon.toml:4:1: [auth] order: `ldap` is not an auth backend (known: password_file, acl_file, jwt, redis, postgres, http)"
         );
         let text = format!("{ONE_LISTENER}[auth]\nlogin_ban_time = 0\n");
         assert!(

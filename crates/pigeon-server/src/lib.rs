@@ -12,12 +12,14 @@
 //! - `login_limit`: failed logins counted per client address, and bans.
 //! - `server`: `Server::bind` / `Server::run`, which tests call with port 0; the auth chain from
 //!   the configuration; SIGHUP reloads.
+//! - `external_auth`: the http, redis, postgres and jwt backends from their `[auth.*]` sections.
 //! - `embed`: `Pigeon::builder()`, the broker as a library: Rust auth backends and hooks,
 //!   in-process publish and subscribe, graceful stop.
 
 pub mod config;
 mod connection;
 mod embed;
+mod external_auth;
 mod http;
 mod listener;
 mod login_limit;

@@ -55,6 +55,9 @@ pub enum Error {
         #[source]
         source: FileError,
     },
+    /// An `[auth.*]` backend (http, redis, postgres, jwt) cannot be set up.
+    #[error("{key}: {reason}")]
+    AuthBackend { key: String, reason: String },
     /// A listener beyond loopback with no authentication, and `allow_anonymous` not set.
     #[error("[auth] allow_anonymous: {0}")]
     OpenToTheNetwork(String),
@@ -129,7 +132,11 @@ fn auth_chain(config: &Config, extensions: &Extensions) -> Result<AuthChain, Err
                 info!(path = %path.display(), rules = file.rule_count(), "acl_file loaded");
                 authorizers.push(Arc::new(file));
             }
-            other => unreachable!("config validation lets only known backends through: {other}"),
+            external => {
+                let built = crate::external_auth::build(external, auth)?;
+                authenticators.extend(built.authenticator);
+                authorizers.extend(built.authorizer);
+            }
         }
     }
     authenticators.extend(extensions.authenticators.iter().cloned());
