@@ -258,7 +258,14 @@ pub struct AuthConfig {
 }
 
 /// Names of the built-in auth backends, in their default order.
-pub const AUTH_BACKENDS: &[&str] = &["password_file", "acl_file", "jwt", "redis", "postgres", "http"];
+pub const AUTH_BACKENDS: &[&str] = &[
+    "password_file",
+    "acl_file",
+    "jwt",
+    "redis",
+    "postgres",
+    "http",
+];
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -1247,7 +1254,10 @@ mod tests {
             ("[auth]", "[auth]\n__probe = 1\n".to_owned()),
             ("[auth.http]", "[auth.http]\n__probe = 1\n".to_owned()),
             ("[auth.redis]", "[auth.redis]\n__probe = 1\n".to_owned()),
-            ("[auth.postgres]", "[auth.postgres]\n__probe = 1\n".to_owned()),
+            (
+                "[auth.postgres]",
+                "[auth.postgres]\n__probe = 1\n".to_owned(),
+            ),
             ("[auth.jwt]", "[auth.jwt]\n__probe = 1\n".to_owned()),
             ("[limits]", "[limits]\n__probe = 1\n".to_owned()),
             ("[mqtt]", "[mqtt]\n__probe = 1\n".to_owned()),
@@ -1264,10 +1274,9 @@ mod tests {
                 let listed = if section.is_empty() {
                     DEFAULT_CONFIG.contains(&format!("[{field}]"))
                         || DEFAULT_CONFIG.contains(&format!("[[{field}]]"))
-                } else if DEFAULT_CONFIG.contains(&format!(
-                    "[{}.{field}]",
-                    section.trim_matches(['[', ']'])
-                )) {
+                } else if DEFAULT_CONFIG
+                    .contains(&format!("[{}.{field}]", section.trim_matches(['[', ']'])))
+                {
                     // A table inside the section, such as [auth.http].
                     true
                 } else {
