@@ -303,6 +303,17 @@ impl Broker {
         self.store.as_ref().map(|s| s.committed())
     }
 
+    /// Waits until every store op submitted so far is committed; at once without a store. A
+    /// persistent session's CONNACK waits here, so a client told "connected" has its session
+    /// record (and will) on disk.
+    pub async fn store_barrier(&self) {
+        if let Some(store) = &self.store {
+            let target = store.submitted();
+            let mut committed = store.committed();
+            let _ = committed.wait_for(|c| *c >= target).await;
+        }
+    }
+
     /// Writes what is pending to the store and stops its writer (shutdown).
     pub async fn flush_store(&self) {
         if let Some(store) = &self.store {

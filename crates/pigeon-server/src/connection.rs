@@ -499,6 +499,9 @@ async fn run_client<S>(
             handle,
         )
         .await;
+    if session_expiry > 0 {
+        broker.store_barrier().await;
+    }
 
     let max_inflight = usize::from(config.limits.max_inflight);
     let receive_max = usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX));

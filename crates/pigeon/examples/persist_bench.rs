@@ -11,7 +11,8 @@
 
 use bytes::{Bytes, BytesMut};
 use pigeon_codec::{
-    encode, ByteStr, Connect, Decoder, Packet, Protocol, PubResp, Publish, QoS, Subscribe, SubscriptionOptions,
+    encode, ByteStr, Connect, Decoder, Packet, Protocol, PubResp, Publish, QoS, Subscribe,
+    SubscriptionOptions,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -66,7 +67,11 @@ impl Kind {
                     ),
                 )
                 .expect("write mosquitto.conf");
-                Command::new("/usr/sbin/mosquitto").arg("-c").arg(&conf).spawn().expect("start mosquitto")
+                Command::new("/usr/sbin/mosquitto")
+                    .arg("-c")
+                    .arg(&conf)
+                    .spawn()
+                    .expect("start mosquitto")
             }
         }
     }
@@ -98,7 +103,10 @@ fn pigeon_binary() -> PathBuf {
 
 fn stop(mut child: Child) {
     // SIGTERM: mosquitto writes its database at shutdown; Pigeon flushes its store.
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let deadline = Instant::now() + Duration::from_secs(120);
     while child.try_wait().expect("wait").is_none() {
         assert!(Instant::now() < deadline, "broker did not stop in 120 s");
@@ -109,7 +117,10 @@ fn stop(mut child: Child) {
 async fn wait_listening(port: u16) -> Duration {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(start.elapsed() < Duration::from_secs(600), "broker did not listen");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "broker did not listen"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     start.elapsed()
@@ -124,7 +135,9 @@ struct Client {
 
 impl Client {
     async fn connect(port: u16, id: &str, clean: bool) -> (Client, bool) {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
         stream.set_nodelay(true).expect("nodelay");
         let mut c = Client {
             stream,
@@ -164,10 +177,13 @@ impl Client {
             if let Some(p) = self.decoder.decode(&mut self.rbuf).expect("valid packets") {
                 return p;
             }
-            let n = tokio::time::timeout(Duration::from_secs(120), self.stream.read_buf(&mut self.rbuf))
-                .await
-                .expect("broker answers within 120 s")
-                .expect("read");
+            let n = tokio::time::timeout(
+                Duration::from_secs(120),
+                self.stream.read_buf(&mut self.rbuf),
+            )
+            .await
+            .expect("broker answers within 120 s")
+            .expect("read");
             assert!(n > 0, "broker closed the connection");
         }
     }
@@ -182,10 +198,18 @@ struct Figures {
 }
 
 async fn run(kind: Kind, messages: usize, subscribers: usize) -> Figures {
-    let dir = std::env::temp_dir().join(format!("pigeon-persist-bench-{}-{}", kind.name(), std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "pigeon-persist-bench-{}-{}",
+        kind.name(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
 
     let broker = kind.start(&dir, port);
     wait_listening(port).await;
@@ -193,7 +217,13 @@ async fn run(kind: Kind, messages: usize, subscribers: usize) -> Figures {
         let (mut c, _) = Client::connect(port, &format!("offline-{s}"), false).await;
         c.queue(&Packet::Subscribe(Subscribe {
             packet_id: 1,
-            filters: vec![(ByteStr::from(TOPIC), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() })],
+            filters: vec![(
+                ByteStr::from(TOPIC),
+                SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            )],
             properties: Default::default(),
         }));
         c.flush().await;
@@ -243,7 +273,10 @@ async fn run(kind: Kind, messages: usize, subscribers: usize) -> Figures {
         match sub.recv().await {
             Packet::Publish(m) => {
                 got += 1;
-                sub.queue(&Packet::PubAck(PubResp { packet_id: m.packet_id, ..Default::default() }));
+                sub.queue(&Packet::PubAck(PubResp {
+                    packet_id: m.packet_id,
+                    ..Default::default()
+                }));
                 if sub.wbuf.len() > 8192 {
                     sub.flush().await;
                 }
@@ -258,12 +291,21 @@ async fn run(kind: Kind, messages: usize, subscribers: usize) -> Figures {
     drop(sub);
     stop(broker);
     let _ = std::fs::remove_dir_all(&dir);
-    Figures { publish_rate, store_bytes, restart, resume, drain_rate }
+    Figures {
+        publish_rate,
+        store_bytes,
+        restart,
+        resume,
+        drain_rate,
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numeric argument")).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numeric argument"))
+        .collect();
     let messages = args.first().copied().unwrap_or(200_000);
     let subscribers = args.get(1).copied().unwrap_or(1);
     let rounds = args.get(2).copied().unwrap_or(1);
