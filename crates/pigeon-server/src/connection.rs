@@ -111,8 +111,9 @@ pub(crate) async fn serve<S>(
     let mut io = Io {
         reader,
         writer,
-        rbuf: BytesMut::with_capacity(4096),
-        wbuf: BytesMut::with_capacity(4096),
+        // Empty until used: an idle connection should cost little (the first read reserves).
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
         decoder: Decoder::new(limits.max_packet_size),
         unflushed: false,
     };
@@ -521,7 +522,8 @@ async fn run_client<S>(
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         out_aliases: HashMap::new(),
-        in_aliases: vec![None; usize::from(config.mqtt.topic_alias_maximum)],
+        // Grown on first use: most clients never set an alias.
+        in_aliases: Vec::new(),
         committed: broker.committed(),
         held_acks: VecDeque::new(),
         checks_reads: shared.auth.checks_reads(&info),
@@ -758,19 +760,17 @@ where
         let config = &self.shared.config;
         // Topic alias (5.0 section 3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias {
-            let slot = usize::from(alias)
-                .checked_sub(1)
-                .filter(|i| *i < self.in_aliases.len());
+            let max = usize::from(config.mqtt.topic_alias_maximum);
+            let slot = usize::from(alias).checked_sub(1).filter(|i| *i < max);
             let Some(slot) = slot else {
                 warn!(
                     alias,
-                    max = self.in_aliases.len(),
-                    "topic alias out of range [MQTT-3.3.2-9]; closing"
+                    max, "topic alias out of range [MQTT-3.3.2-9]; closing"
                 );
                 return Err(Close::error(ReasonCode::TOPIC_ALIAS_INVALID));
             };
             if p.topic.is_empty() {
-                match &self.in_aliases[slot] {
+                match self.in_aliases.get(slot).and_then(Option::as_ref) {
                     Some(t) => p.topic = t.clone(),
                     None => {
                         warn!(alias, "topic alias used before it was set; closing");
@@ -778,6 +778,9 @@ where
                     }
                 }
             } else {
+                if slot >= self.in_aliases.len() {
+                    self.in_aliases.resize(slot + 1, None);
+                }
                 self.in_aliases[slot] = Some(p.topic.clone());
             }
         }
