@@ -38,7 +38,11 @@ use tracing::{debug, info, warn, Span};
 /// slow reader then backs up into its bounded session queue, not into our memory.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// Bytes the read buffer keeps free before each read.
-const READ_RESERVE: usize = 8 * 1024;
+/// Bounds of the room each read asks for: it grows while reads fill it (a busy publisher reads
+/// many packets per syscall) and shrinks back when traffic is light, so an idle connection, which
+/// holds its read buffer while it waits, costs little.
+const READ_MIN: usize = 1024;
+const READ_MAX: usize = 64 * 1024;
 /// How long a closing connection may spend flushing its last packets.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -116,6 +120,7 @@ pub(crate) async fn serve<S>(
         wbuf: BytesMut::new(),
         decoder: Decoder::new(limits.max_packet_size),
         unflushed: false,
+        read_hint: READ_MIN,
     };
     let timeout = Duration::from_secs(limits.connect_timeout);
     let connect = tokio::select! {
@@ -207,6 +212,8 @@ struct Io<S> {
     /// Bytes were written since the last flush. TLS and WebSocket streams hold written bytes
     /// until flushed (a WebSocket sends one message per flush); TCP's flush does nothing.
     unflushed: bool,
+    /// Room the next read asks for (between READ_MIN and READ_MAX).
+    read_hint: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite> Io<S> {
@@ -220,7 +227,7 @@ impl<S: AsyncRead + AsyncWrite> Io<S> {
             {
                 return Ok(Some(p));
             }
-            self.rbuf.reserve(READ_RESERVE);
+            self.rbuf.reserve(READ_MIN);
             match self.reader.read_buf(&mut self.rbuf).await {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
@@ -621,7 +628,7 @@ where
                         return Close { reason: None, departure: Departure::WithWill };
                     }
                 },
-                r = read_more(&mut io.reader, &mut io.rbuf) => match r {
+                r = read_more(&mut io.reader, &mut io.rbuf, &mut io.read_hint) => match r {
                     Ok(0) => {
                         info!("connection closed by the client without DISCONNECT");
                         return Close { reason: None, departure: Departure::WithWill };
@@ -1373,9 +1380,22 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(
 async fn read_more<R: AsyncRead + Unpin>(
     reader: &mut R,
     rbuf: &mut BytesMut,
+    hint: &mut usize,
 ) -> std::io::Result<usize> {
-    rbuf.reserve(READ_RESERVE);
-    reader.read_buf(rbuf).await
+    if rbuf.is_empty() && rbuf.capacity() > 4 * *hint {
+        // Traffic calmed down: give the big buffer back (payload views still using it keep it
+        // alive until they are done).
+        *rbuf = BytesMut::new();
+    }
+    rbuf.reserve(*hint);
+    let room = rbuf.capacity() - rbuf.len();
+    let n = reader.read_buf(rbuf).await?;
+    if n == room {
+        *hint = (*hint * 2).min(READ_MAX);
+    } else if n < *hint / 4 {
+        *hint = (*hint / 2).max(READ_MIN);
+    }
+    Ok(n)
 }
 
 /// The stored form of an outgoing message, with its packet id and stage.

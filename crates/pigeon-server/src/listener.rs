@@ -113,8 +113,27 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// Handshakes, then hands the stream to the connection.
+/// Serves one accepted socket. Plain TCP runs inline; the other transports are boxed, because a
+/// task's future is as large as its largest state and a TCP connection should not carry room for
+/// TLS and WebSocket handshakes and streams (that room was most of an idle connection's memory).
 async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    transport: Transport,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    match transport {
+        Transport::Tcp => {
+            connection::serve(socket, peer, local, Username::FromConnect, shared, shutdown).await
+        }
+        other => Box::pin(serve_any(socket, peer, local, other, shared, shutdown)).await,
+    }
+}
+
+/// Handshakes, then hands the stream to the connection.
+async fn serve_any(
     socket: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
