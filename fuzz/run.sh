@@ -11,6 +11,8 @@ set -euo pipefail
 seconds="${1:?usage: fuzz/run.sh SECONDS}"
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
+# The binary is looked for under fuzz/target, whatever CARGO_TARGET_DIR the caller set.
+export CARGO_TARGET_DIR="$here/target"
 
 host="$(rustc -vV | sed -n 's/^host: //p')"
 if [ -z "${FUZZ_STABLE:-}" ] && cargo +nightly --version >/dev/null 2>&1 \
