@@ -150,15 +150,10 @@ async fn serve_any(
             tls,
             identity_as_username,
         } => {
-            let handshake = tls::accept(&tls, socket);
-            let Some(stream) = handshake_step("TLS", deadline, &mut shutdown, handshake).await
+            let Some((stream, username)) =
+                tls_step(&tls, socket, identity_as_username, deadline, &mut shutdown).await
             else {
                 return;
-            };
-            let username = if identity_as_username {
-                tls::username_from_certificate(&stream)
-            } else {
-                Username::FromConnect
             };
             connection::serve(stream, peer, local, username, shared, shutdown).await;
         }
@@ -185,15 +180,10 @@ async fn serve_any(
             identity_as_username,
             ws,
         } => {
-            let handshake = tls::accept(&tls, socket);
-            let Some(stream) = handshake_step("TLS", deadline, &mut shutdown, handshake).await
+            let Some((stream, username)) =
+                tls_step(&tls, socket, identity_as_username, deadline, &mut shutdown).await
             else {
                 return;
-            };
-            let username = if identity_as_username {
-                tls::username_from_certificate(&stream)
-            } else {
-                Username::FromConnect
             };
             let upgrade = ws::accept(stream, peer, &ws);
             let Some(upgraded) =
@@ -205,6 +195,24 @@ async fn serve_any(
             connection::serve(upgraded.stream, peer, local, username, shared, shutdown).await;
         }
     }
+}
+
+/// The TLS handshake of an `mqtts` or `wss` connection, and the username its certificate gives
+/// when the listener uses the identity as username.
+async fn tls_step(
+    tls: &TlsSource,
+    socket: TcpStream,
+    identity_as_username: bool,
+    deadline: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Username)> {
+    let stream = handshake_step("TLS", deadline, shutdown, tls::accept(tls, socket)).await?;
+    let username = if identity_as_username {
+        tls::username_from_certificate(&stream)
+    } else {
+        Username::FromConnect
+    };
+    Some((stream, username))
 }
 
 /// Runs one handshake until `deadline`; `None` (logged) when it fails, times out, or the server
