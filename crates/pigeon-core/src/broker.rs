@@ -13,7 +13,7 @@ use crate::session::{
 };
 use crate::stats::Stats;
 use crate::store::{self, Persistence, SessionRecord, Snapshot, StoreOp};
-use crate::subscriptions::{Match, Subscriber, SubscriptionIndex};
+use crate::subscriptions::{Match, ShardedIndex, Subscriber};
 use pigeon_codec::topic::parse_shared;
 use pigeon_codec::{ByteStr, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use std::collections::HashMap;
@@ -22,6 +22,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 use tracing::{debug, info, warn};
+
+/// Shards of the subscription index (see `ShardedIndex`): enough that publishers on different
+/// first topic levels rarely share a lock on a machine of a few dozen cores.
+const INDEX_SHARDS: usize = 32;
 
 /// Broker behaviour the server configures.
 #[derive(Debug, Clone)]
@@ -81,7 +85,7 @@ pub enum Departure {
 pub struct Broker {
     settings: BrokerSettings,
     registry: Mutex<HashMap<ByteStr, Slot>>,
-    index: RwLock<SubscriptionIndex>,
+    index: ShardedIndex,
     retained: RwLock<RetainedStore>,
     next_session_id: AtomicU64,
     next_connection_id: AtomicU64,
@@ -141,7 +145,7 @@ impl Broker {
         Broker {
             settings,
             registry: Mutex::new(HashMap::new()),
-            index: RwLock::new(SubscriptionIndex::new()),
+            index: ShardedIndex::new(INDEX_SHARDS),
             retained: RwLock::new(RetainedStore::new()),
             next_session_id: AtomicU64::new(1),
             next_connection_id: AtomicU64::new(1),
@@ -179,7 +183,7 @@ impl Broker {
                 let mut state = session.lock();
                 state.stored = true;
                 state.generation = 1;
-                let mut index = write(&broker.index);
+                let index = &broker.index;
                 for (filter, options, sub_id) in loaded.subscriptions {
                     let (group, plain) = split_filter(&filter);
                     index.insert(
@@ -199,7 +203,6 @@ impl Broker {
                         },
                     );
                 }
-                drop(index);
                 for (seq, entry) in loaded.queue {
                     state.next_seq = state.next_seq.max(seq + 1);
                     if entry.message.is_expired(now) {
@@ -335,7 +338,7 @@ impl Broker {
     }
 
     pub fn subscription_count(&self) -> usize {
-        read(&self.index).len()
+        self.index.len()
     }
 
     pub fn retained_count(&self) -> usize {
@@ -495,7 +498,7 @@ impl Broker {
             let filters: Vec<ByteStr> = state.subscriptions.drain().map(|(f, _)| f).collect();
             (filters, state.pending_will.take())
         };
-        let mut index = write(&self.index);
+        let index = &self.index;
         for filter in &filters {
             let (group, plain) = split_filter(filter);
             index.remove(plain, group, session.id());
@@ -694,8 +697,7 @@ impl Broker {
         let mut shared_targets = Vec::new();
         let mut sources = 0usize;
         {
-            let index = read(&self.index);
-            index.for_each_match(&message.topic, |m| {
+            self.index.for_each_match(&message.topic, |m| {
                 let (sub, shared) = match m {
                     Match::Single(sub) => (sub, false),
                     Match::Shared(group) => match group.pick() {
@@ -788,7 +790,7 @@ impl Broker {
                 .subscriptions
                 .insert(filter.clone(), SubscriptionRecord { options, id })
                 .is_some();
-            write(&self.index).insert(
+            self.index.insert(
                 plain,
                 group,
                 Subscriber {
@@ -844,7 +846,7 @@ impl Broker {
         let (group, plain) = split_filter(filter);
         let mut state = session.lock();
         state.subscriptions.remove(filter.as_str())?;
-        write(&self.index).remove(plain, group, session.id());
+        self.index.remove(plain, group, session.id());
         Some(self.persist(&state, || StoreOp::SubscriptionDelete {
             client_id: session.client_id().clone(),
             filter: filter.clone(),

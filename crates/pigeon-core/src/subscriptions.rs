@@ -10,7 +10,7 @@ use crate::session::{Session, SessionId};
 use pigeon_codec::SubscriptionOptions;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 #[derive(Debug, Clone)]
 pub struct Subscriber {
@@ -268,6 +268,97 @@ impl SubscriptionIndex {
         }
         for group in leaf.shared.values() {
             f(Match::Shared(group));
+        }
+    }
+}
+
+/// The subscription index split into shards by a topic's first level, each behind its own
+/// `RwLock`, so publishes on different first levels touch different locks and a SUBSCRIBE blocks
+/// only its shard. Filters whose first level is a wildcard (`+/...`, `#`, and shared ones) live
+/// in one more shard, which a publish reads only while it holds any filter.
+#[derive(Debug)]
+pub struct ShardedIndex {
+    shards: Box<[RwLock<SubscriptionIndex>]>,
+    wild: RwLock<SubscriptionIndex>,
+    wild_len: AtomicUsize,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // The trie stays consistent at every step a panic could interrupt.
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A cheap, stable hash of a topic level (FNV-1a): it only spreads first levels over shards.
+fn level_hash(level: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in level.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as usize
+}
+
+impl ShardedIndex {
+    pub fn new(shards: usize) -> ShardedIndex {
+        ShardedIndex {
+            shards: (0..shards.max(1)).map(|_| RwLock::default()).collect(),
+            wild: RwLock::default(),
+            wild_len: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, first_level: &str) -> &RwLock<SubscriptionIndex> {
+        &self.shards[level_hash(first_level) % self.shards.len()]
+    }
+
+    /// The shard that holds `filter` (a plain filter), and whether it is the wildcard shard.
+    fn home(&self, filter: &str) -> (&RwLock<SubscriptionIndex>, bool) {
+        let first = filter.split('/').next().unwrap_or("");
+        match first {
+            "+" | "#" => (&self.wild, true),
+            _ => (self.shard(first), false),
+        }
+    }
+
+    pub fn insert(&self, filter: &str, group: Option<&str>, sub: Subscriber) -> bool {
+        let (lock, wild) = self.home(filter);
+        let existed = write(lock).insert(filter, group, sub);
+        if wild && !existed {
+            self.wild_len.fetch_add(1, Ordering::Relaxed);
+        }
+        existed
+    }
+
+    pub fn remove(&self, filter: &str, group: Option<&str>, session: SessionId) -> bool {
+        let (lock, wild) = self.home(filter);
+        let removed = write(lock).remove(filter, group, session);
+        if wild && removed {
+            self.wild_len.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Number of (filter, group, session) entries.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| read(s).len()).sum::<usize>() + read(&self.wild).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` for every subscription whose filter matches `topic`, as
+    /// `SubscriptionIndex::for_each_match` does, reading at most two shards.
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(Match<'_>)) {
+        let first = topic.split('/').next().unwrap_or("");
+        read(self.shard(first)).for_each_match(topic, &mut f);
+        // Wildcard-first filters never match `$` topics (MQTT-4.7.2-1).
+        if !topic.starts_with('$') && self.wild_len.load(Ordering::Relaxed) > 0 {
+            read(&self.wild).for_each_match(topic, &mut f);
         }
     }
 }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use pigeon_codec::{topic, ByteStr, PublishProperties, QoS, SubscriptionOptions};
 use pigeon_core::retain::RetainedStore;
-use pigeon_core::subscriptions::{Match, Subscriber, SubscriptionIndex};
+use pigeon_core::subscriptions::{Match, ShardedIndex, Subscriber, SubscriptionIndex};
 use pigeon_core::{Message, Session};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -137,4 +137,36 @@ fn shared_group_spreads_messages_over_its_members() {
     }
     picks.sort();
     assert_eq!(picks, vec![0, 0, 1, 1, 2, 2]);
+}
+
+proptest! {
+    #[test]
+    fn sharded_index_agrees_with_reference(filters in prop::collection::vec(filter(), 1..20), topics in prop::collection::vec(topic_name(), 1..10), removed in prop::collection::vec(any::<bool>(), 20)) {
+        let index = ShardedIndex::new(4);
+        let mut live = Vec::new();
+        for (i, f) in filters.iter().enumerate() {
+            prop_assume!(topic::valid_topic_filter(f));
+            index.insert(f, None, subscriber(i as u64));
+            live.push((i as u64, f.clone()));
+        }
+        live.retain(|(i, f)| {
+            if removed[*i as usize] {
+                assert!(index.remove(f, None, *i));
+                false
+            } else {
+                true
+            }
+        });
+        prop_assert_eq!(index.len(), live.len());
+        for t in &topics {
+            let expected: BTreeSet<u64> = live.iter().filter(|(_, f)| topic::matches(f, t)).map(|(i, _)| *i).collect();
+            let mut got = BTreeSet::new();
+            index.for_each_match(t, |m| {
+                if let Match::Single(s) = m {
+                    got.insert(s.session.id());
+                }
+            });
+            prop_assert_eq!(got, expected, "topic {}", t);
+        }
+    }
 }
