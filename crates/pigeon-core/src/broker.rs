@@ -516,47 +516,37 @@ impl Broker {
         departure: Departure,
         will: Option<(Arc<Message>, u32)>,
     ) {
-        let mut registry = lock(&self.registry);
-        let Some(slot) = registry.get_mut(session.client_id()) else {
-            return;
-        };
-        if !Arc::ptr_eq(&slot.session, session) {
-            // The session was replaced (clean start elsewhere); nothing of ours is left to do
-            // except the will, which belongs to this connection.
-            drop(registry);
-            if departure == Departure::WithWill {
-                if let Some((will, _)) = will {
-                    self.publish(will);
-                }
-            }
-            return;
-        }
-        match &slot.connection {
-            Some(c) if c.id == connection_id => {
-                slot.connection = None;
-                session.set_connected(false);
-            }
-            Some(_) => {
-                // Another connection holds the session now (this one was detached by force after a
-                // takeover timed out): the session is theirs; only our will is ours to publish.
-                drop(registry);
-                if departure == Departure::WithWill {
-                    if let Some((will, _)) = will {
-                        self.publish(will);
-                    }
-                }
-                return;
-            }
-            None => {}
-        }
-        let (expiry, generation) = {
-            let state = session.lock();
-            (state.expiry_interval, state.generation)
-        };
         let will = if departure == Departure::WithWill {
             will
         } else {
             None
+        };
+        let mut registry = lock(&self.registry);
+        // The session is ours to settle only if it is still registered and no other connection
+        // holds it. Otherwise it ended (clean start elsewhere) or was handed on (this connection
+        // was detached by force after a takeover timed out): only the will belongs to us.
+        let ours = match registry.get_mut(session.client_id()) {
+            Some(slot) if Arc::ptr_eq(&slot.session, session) => match &slot.connection {
+                Some(c) if c.id == connection_id => {
+                    slot.connection = None;
+                    session.set_connected(false);
+                    true
+                }
+                Some(_) => false,
+                None => true,
+            },
+            _ => false,
+        };
+        if !ours {
+            drop(registry);
+            if let Some((will, _)) = will {
+                self.publish(will);
+            }
+            return;
+        }
+        let (expiry, generation) = {
+            let state = session.lock();
+            (state.expiry_interval, state.generation)
         };
         if expiry == 0 && departure != Departure::Shutdown {
             registry.remove(session.client_id());

@@ -55,26 +55,38 @@ fn matched_ids(index: &SubscriptionIndex, topic: &str) -> BTreeSet<u64> {
 proptest! {
     #[test]
     fn index_agrees_with_reference(filters in prop::collection::vec(filter(), 1..20), topics in prop::collection::vec(topic_name(), 1..10), removed in prop::collection::vec(any::<bool>(), 20)) {
+        // The plain trie and the sharded index that the broker routes with get the same edits.
         let mut index = SubscriptionIndex::new();
+        let sharded = ShardedIndex::new(4);
         let mut live = Vec::new();
         for (i, f) in filters.iter().enumerate() {
             prop_assume!(topic::valid_topic_filter(f));
             index.insert(f, None, subscriber(i as u64));
+            sharded.insert(f, None, subscriber(i as u64));
             live.push((i as u64, f.clone()));
         }
         // Remove some again: the index must forget exactly those.
         live.retain(|(i, f)| {
             if removed[*i as usize] {
                 assert!(index.remove(f, None, *i));
+                assert!(sharded.remove(f, None, *i));
                 false
             } else {
                 true
             }
         });
         prop_assert_eq!(index.len(), live.len());
+        prop_assert_eq!(sharded.len(), live.len());
         for t in &topics {
             let expected: BTreeSet<u64> = live.iter().filter(|(_, f)| topic::matches(f, t)).map(|(i, _)| *i).collect();
-            prop_assert_eq!(matched_ids(&index, t), expected, "topic {}", t);
+            prop_assert_eq!(matched_ids(&index, t), expected.clone(), "topic {}", t);
+            let mut got = BTreeSet::new();
+            sharded.for_each_match(t, |m| {
+                if let Match::Single(s) = m {
+                    got.insert(s.session.id());
+                }
+            });
+            prop_assert_eq!(got, expected, "sharded, topic {}", t);
         }
     }
 
@@ -137,36 +149,4 @@ fn shared_group_spreads_messages_over_its_members() {
     }
     picks.sort();
     assert_eq!(picks, vec![0, 0, 1, 1, 2, 2]);
-}
-
-proptest! {
-    #[test]
-    fn sharded_index_agrees_with_reference(filters in prop::collection::vec(filter(), 1..20), topics in prop::collection::vec(topic_name(), 1..10), removed in prop::collection::vec(any::<bool>(), 20)) {
-        let index = ShardedIndex::new(4);
-        let mut live = Vec::new();
-        for (i, f) in filters.iter().enumerate() {
-            prop_assume!(topic::valid_topic_filter(f));
-            index.insert(f, None, subscriber(i as u64));
-            live.push((i as u64, f.clone()));
-        }
-        live.retain(|(i, f)| {
-            if removed[*i as usize] {
-                assert!(index.remove(f, None, *i));
-                false
-            } else {
-                true
-            }
-        });
-        prop_assert_eq!(index.len(), live.len());
-        for t in &topics {
-            let expected: BTreeSet<u64> = live.iter().filter(|(_, f)| topic::matches(f, t)).map(|(i, _)| *i).collect();
-            let mut got = BTreeSet::new();
-            index.for_each_match(t, |m| {
-                if let Match::Single(s) = m {
-                    got.insert(s.session.id());
-                }
-            });
-            prop_assert_eq!(got, expected, "topic {}", t);
-        }
-    }
 }
