@@ -11,9 +11,12 @@
 //!   are its lookups.
 //! - `jwt`: a JSON Web Token as password, with topic rights in a claim.
 //! - `cache`: the bounded TTL cache the external backends share.
+//! - `cluster`: the Redis bus shared with aedes nodes: mqemitter-redis envelopes, channel
+//!   patterns, id dedupe.
 
 pub mod acl_file;
 mod cache;
+pub mod cluster;
 pub mod embedded;
 pub mod http_auth;
 pub mod jwt;

@@ -1,0 +1,14 @@
+//! The Redis bus shared with aedes nodes (mqemitter-redis) and with publishers that write its
+//! format, such as the PHP backend.
+//!
+//! # Layout
+//! - `wire`: the `{id, msg}` msgpack envelope, decoded from untrusted input and encoded the way
+//!   aedes writes it.
+//! - `pattern`: the Redis channel or glob pattern that carries the topics of one topic filter.
+//! - `dedupe`: the envelope ids seen recently, so each message is delivered once.
+//!
+//! Nothing here does I/O or reads a clock: callers pass bytes and `Instant`s.
+
+pub mod dedupe;
+pub mod pattern;
+pub mod wire;
