@@ -568,6 +568,16 @@ impl Broker {
         }
     }
 
+    /// A session this node took over from a node that died: registered as an offline session
+    /// (its queue fills, its will and expiry run), unless the client is here already.
+    pub fn adopt_session(self: &Arc<Self>, loaded: LoadedSession) -> bool {
+        if lock(&self.registry).contains_key(&loaded.client_id) {
+            return false;
+        }
+        self.install(loaded);
+        true
+    }
+
     /// Another node got a connection for `client_id`: closes the local connection (0x8E in
     /// 5.0, as a local takeover does; its will goes as it would then) and gives the session up.
     /// With a store shared by the nodes the session stays stored, and once what this node wrote
