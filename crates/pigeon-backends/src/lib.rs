@@ -34,5 +34,5 @@ pub use embedded::EmbeddedStore;
 pub use http_auth::HttpAuth;
 pub use jwt::JwtAuth;
 pub use password_file::{FileError, PasswordFile};
-pub use redis_store::{RedisSessions, RedisStore};
+pub use redis_store::RedisStore;
 pub use user_db::UserDb;

@@ -17,7 +17,6 @@
 //! SessionDelete removes the four session keys, not ownership (`release` does that).
 //! Ownership changes are Lua scripts run with EVAL (the crate's `script` feature is off). They
 //! touch keys they compute, so they need one Redis, not Redis Cluster.
-//! `RedisSessions` is the broker's `SharedSessions` port over it, for one node id.
 //! One sync connection; any error drops it and the next call reconnects. A call that only reads
 //! or whose replay is harmless (`commit`: its ops overwrite or delete) is tried once more on a
 //! fresh connection when a reused one turns out broken (Redis restarted while we were idle);
@@ -26,7 +25,6 @@
 use crate::record::*;
 use bytes::Bytes;
 use pigeon_codec::ByteStr;
-use pigeon_core::cluster::SharedSessions;
 use pigeon_core::store::{now_ms, LoadedSession, Snapshot, Store, StoreError, StoreOp};
 use redis::{Connection, RedisError, RedisResult};
 use std::collections::{BTreeSet, HashMap};
@@ -575,53 +573,6 @@ impl Store for RedisStore {
     /// 0: Redis's memory is shared with other nodes and other programs.
     fn disk_bytes(&self) -> u64 {
         0
-    }
-}
-
-/// The broker's `SharedSessions` port over a `RedisStore`, as the node `node` (its broker id).
-/// `is_alive` reads heartbeats: the server must call `RedisStore::heartbeat` for `node` more
-/// often than their TTL, or other nodes take its sessions as a dead node's.
-pub struct RedisSessions {
-    store: Arc<RedisStore>,
-    node: String,
-}
-
-impl RedisSessions {
-    pub fn new(store: Arc<RedisStore>, node: impl Into<String>) -> RedisSessions {
-        RedisSessions {
-            store,
-            node: node.into(),
-        }
-    }
-
-    pub fn store(&self) -> &Arc<RedisStore> {
-        &self.store
-    }
-}
-
-impl SharedSessions for RedisSessions {
-    fn node(&self) -> &str {
-        &self.node
-    }
-
-    fn owner(&self, client_id: &ByteStr) -> Result<Option<String>, StoreError> {
-        self.store.owner(client_id)
-    }
-
-    fn is_alive(&self, node: &str) -> Result<bool, StoreError> {
-        self.store.is_alive(node)
-    }
-
-    fn claim(&self, client_id: &ByteStr) -> Result<Option<String>, StoreError> {
-        self.store.claim(client_id, &self.node)
-    }
-
-    fn release(&self, client_id: &ByteStr) -> Result<(), StoreError> {
-        self.store.release(client_id, &self.node).map(|_| ())
-    }
-
-    fn load_session(&self, client_id: &ByteStr) -> Result<Option<LoadedSession>, StoreError> {
-        self.store.load_session(client_id)
     }
 }
 

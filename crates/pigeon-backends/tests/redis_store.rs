@@ -5,14 +5,13 @@
 //! one commit without wedging the next.
 
 use bytes::Bytes;
-use pigeon_backends::{RedisSessions, RedisStore};
+use pigeon_backends::RedisStore;
 use pigeon_codec::{ByteStr, PublishProperties, QoS, RetainHandling, SubscriptionOptions};
 use pigeon_core::session::OutStage;
 use pigeon_core::store::{
     LoadedSession, Persistence, QueueEntry, SessionRecord, Store, StoreOp, SyncPolicy,
 };
 use pigeon_core::Message;
-use pigeon_core::SharedSessions;
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -570,32 +569,6 @@ fn claim_release_and_owner_between_two_nodes() {
     assert_eq!(a.owner(&cid).expect("owner"), None);
     assert!(b.owned_by("node-b").expect("owned").is_empty());
     assert!(!b.release(&cid, "node-b").expect("release twice"));
-}
-
-#[test]
-fn the_shared_sessions_port_speaks_for_one_node() {
-    let server = RedisServer::start();
-    let a = RedisSessions::new(Arc::new(open(&server)), "node-a");
-    let b = RedisSessions::new(Arc::new(open(&server)), "node-b");
-    let cid = ByteStr::from("moving");
-    assert_eq!((a.node(), b.node()), ("node-a", "node-b"));
-    a.store()
-        .heartbeat("node-a", Duration::from_secs(30))
-        .expect("heartbeat");
-    assert!(b.is_alive("node-a").expect("alive") && !b.is_alive("node-b").expect("alive"));
-
-    assert_eq!(a.claim(&cid).expect("claim"), None);
-    a.store()
-        .commit(&full_session(&cid), true)
-        .expect("the owner writes");
-    assert_eq!(b.owner(&cid).expect("owner").as_deref(), Some("node-a"));
-    b.release(&cid).expect("a non-owner's release does nothing");
-    assert_eq!(b.owner(&cid).expect("owner").as_deref(), Some("node-a"));
-    a.release(&cid).expect("release");
-    assert_eq!(b.owner(&cid).expect("owner"), None);
-    assert_eq!(b.claim(&cid).expect("claim"), None);
-    let s = b.load_session(&cid).expect("load").expect("there");
-    check_full_session(&s, &cid);
 }
 
 #[test]
