@@ -114,7 +114,7 @@ impl Redis {
                     return true;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
     }

@@ -144,16 +144,27 @@ impl Watch {
         Watch { conn }
     }
 
-    /// (channel, message) pairs published until nothing more comes for `idle`.
-    pub async fn drain(&mut self, idle: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// (channel, message) pairs published during the next `period` (nodes' heartbeats keep the
+    /// channel busy, so this does not wait for silence).
+    pub async fn collect_for(&mut self, period: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + period;
         let mut got = Vec::new();
-        while let Ok(Some(Reply::Array(Some(items)))) = self.conn.read(idle).await {
-            if let [_, _, channel, message] = &items[..] {
-                if let (Some(c), Some(m)) = (channel.bytes(), message.bytes()) {
-                    got.push((c.to_vec(), m.to_vec()));
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return got;
+            }
+            match self.conn.read(left).await {
+                Ok(Some(Reply::Array(Some(items)))) => {
+                    if let [_, _, channel, message] = &items[..] {
+                        if let (Some(c), Some(m)) = (channel.bytes(), message.bytes()) {
+                            got.push((c.to_vec(), m.to_vec()));
+                        }
+                    }
                 }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return got,
             }
         }
-        got
     }
 }
