@@ -15,7 +15,7 @@ use cluster_support::procs::{
     php_with_extensions, python_with_modules, run_injector, Aedes, Node, Redis, Storage,
 };
 use cluster_support::resp::Watch;
-use pigeon_codec::{Protocol, QoS};
+use pigeon_codec::{Protocol, PublishProperties, QoS};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -274,6 +274,142 @@ async fn three_nodes_each_publisher_reaches_every_node_once_in_order() {
             }
             assert_eq!(got.len(), 3 * N, "{}: nothing else delivered", s.name);
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_with_redis_glob_characters_and_large_payloads_cross_nodes() {
+    within(60 * SEC, async {
+        let redis = Redis::start().await;
+        let a = Node::start(&redis, "a", Storage::Memory).await;
+        let b = Node::start(&redis, "b", Storage::Memory).await;
+        let (mut s, _) = Client::connect(b.port, "sub", Options::v311(true)).await;
+        // MQTT filters whose characters mean something to a Redis glob (`?`, `*`, `[`, `]`, `\`).
+        for f in ["odd/q?/[x]/+", "odd/star*/#", "odd/back\\slash", "big/+"] {
+            assert_eq!(s.subscribe(f, QoS::AtLeastOnce).await, 1, "{f}");
+        }
+        let (mut p, _) = Client::connect(a.port, "pub", Options::v311(true)).await;
+        route(&mut p, &mut [&mut s], "big").await;
+
+        let odd = [
+            ("odd/q?/[x]/1", "glob"),
+            ("odd/star*/deep/er", "star"),
+            ("odd/back\\slash", "backslash"),
+            // Would match the unescaped glob `odd/q?/[x]/*`, not the MQTT filter.
+            ("odd/qa/[x]/1", "not for the [x] filter"),
+        ];
+        for (topic, text) in odd {
+            assert!(
+                p.publish(topic, text.as_bytes(), QoS::AtLeastOnce, false)
+                    .await
+            );
+        }
+        let sizes = [255usize, 256, 70_000, 1_000_000];
+        for n in sizes {
+            let payload: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            assert!(p.publish("big/x", &payload, QoS::AtLeastOnce, false).await);
+        }
+        let got = s.drain(2 * SEC).await;
+        let odd_got: Vec<(String, String)> = got
+            .iter()
+            .filter(|m| m.topic.starts_with("odd/"))
+            .map(|m| (m.topic.clone(), m.text()))
+            .collect();
+        assert_eq!(
+            odd_got,
+            vec![
+                ("odd/q?/[x]/1".to_string(), "glob".to_string()),
+                ("odd/star*/deep/er".to_string(), "star".to_string()),
+                ("odd/back\\slash".to_string(), "backslash".to_string()),
+            ],
+            "topics with glob characters reach the matching MQTT filters on node b, and only those"
+        );
+        let big: Vec<&Msg> = got.iter().filter(|m| m.topic == "big/x").collect();
+        assert_eq!(
+            big.iter().map(|m| m.payload.len()).collect::<Vec<_>>(),
+            sizes,
+            "payloads of every msgpack bin width"
+        );
+        for m in big {
+            assert!(
+                m.payload
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == (i % 251) as u8),
+                "a {}-byte payload arrives byte for byte",
+                m.payload.len()
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_properties_and_wills_cross_nodes() {
+    within(60 * SEC, async {
+        let redis = Redis::start().await;
+        let a = Node::start(&redis, "a", Storage::Memory).await;
+        let b = Node::start(&redis, "b", Storage::Memory).await;
+        let (mut s, _) = Client::connect(b.port, "sub", Options::v5(true, None)).await;
+        s.subscribe("props/#", QoS::AtLeastOnce).await;
+        s.subscribe("wills/#", QoS::AtLeastOnce).await;
+        let (mut p, _) = Client::connect(a.port, "pub", Options::v5(true, None)).await;
+        route(&mut p, &mut [&mut s], "props").await;
+
+        let properties = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(300),
+            response_topic: Some("props/reply".into()),
+            correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+            user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        };
+        assert!(
+            p.publish_with("props/x", b"hi", QoS::AtLeastOnce, false, properties)
+                .await
+        );
+        let m = s.recv(5 * SEC).await.expect("the message crosses");
+        let got = &m.properties;
+        assert_eq!(got.payload_format_indicator, Some(1));
+        assert_eq!(
+            got.content_type.as_ref().map(|c| c.as_str()),
+            Some("text/plain")
+        );
+        assert_eq!(
+            got.response_topic.as_ref().map(|c| c.as_str()),
+            Some("props/reply")
+        );
+        assert_eq!(got.correlation_data.as_deref(), Some(&b"\x01\x02"[..]));
+        let user: Vec<(&str, &str)> = got
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            user,
+            vec![("k", "v"), ("k", "w")],
+            "user properties in order"
+        );
+        let expiry = got
+            .message_expiry_interval
+            .expect("the expiry interval crosses");
+        assert!((290..=300).contains(&expiry), "remaining expiry {expiry}");
+
+        // A device on a loses its network: its will reaches the subscriber on b.
+        let (device, _) = Client::connect(
+            a.port,
+            "device",
+            Options::v311(true).with_will("wills/device", b"gone", QoS::AtLeastOnce),
+        )
+        .await;
+        device.abort();
+        let m = s.recv(5 * SEC).await.expect("the will crosses to node b");
+        assert_eq!(
+            (m.topic.as_str(), m.text().as_str()),
+            ("wills/device", "gone")
+        );
     })
     .await;
 }

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use pigeon_codec::{
     encode, ByteStr, Connect, Decoder, Disconnect, Packet, Protocol, PubResp, Publish,
-    PublishProperties, QoS, Subscribe, SubscriptionOptions,
+    PublishProperties, QoS, Subscribe, SubscriptionOptions, Will,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -64,6 +64,7 @@ pub struct Options {
     pub clean: bool,
     /// 5.0 session expiry interval.
     pub expiry: Option<u32>,
+    pub will: Option<Will>,
 }
 
 impl Options {
@@ -72,6 +73,7 @@ impl Options {
             protocol: Protocol::V3_1_1,
             clean,
             expiry: None,
+            will: None,
         }
     }
 
@@ -80,7 +82,19 @@ impl Options {
             protocol: Protocol::V5,
             clean,
             expiry,
+            will: None,
         }
+    }
+
+    pub fn with_will(mut self, topic: &str, payload: &[u8], qos: QoS) -> Options {
+        self.will = Some(Will {
+            topic: ByteStr::from(topic),
+            payload: Bytes::copy_from_slice(payload),
+            qos,
+            retain: false,
+            properties: Default::default(),
+        });
+        self
     }
 }
 
@@ -117,7 +131,7 @@ impl Client {
             clean_start: opts.clean,
             keep_alive: 120,
             client_id: ByteStr::from(id),
-            will: None,
+            will: opts.will,
             username: None,
             password: None,
             properties: Default::default(),
@@ -408,6 +422,11 @@ impl Client {
                 Event::Closed | Event::Timeout => return false,
             }
         }
+    }
+
+    /// Closes the socket without DISCONNECT, as a device that loses its network.
+    pub fn abort(self) {
+        drop(self.stream);
     }
 
     /// A normal DISCONNECT, then close.
