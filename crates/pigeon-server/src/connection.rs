@@ -24,12 +24,15 @@ use pigeon_core::{
     Broker, ConnectionHandle, Control, Departure, Message, OutStage, Outgoing, Session,
     NEVER_EXPIRES,
 };
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Duration, Instant};
 use tracing::{debug, info, warn, Span};
@@ -97,25 +100,72 @@ impl Close {
 }
 
 /// Runs one connection to its end. Errors are logged here, with the span's peer and client id.
+///
+/// A task's future is as large as its largest state for as long as the task lives, so the
+/// short-lived, large states are boxed: CONNECT, authentication and attaching the session
+/// (`admit`), the handling of what a read brought (`Client::handle_read`) and the closing
+/// (`Client::finish`). What stays in the task while a connection idles is the client's state
+/// and the packet loop's `select!`.
 pub(crate) async fn serve<S>(
     socket: S,
     peer: SocketAddr,
     listener: Option<SocketAddr>,
     username: Username,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let stats = &shared.broker.stats;
     stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
     let current = stats.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
+    let admitted = Box::pin(admit(
+        socket, peer, listener, username, &shared, shutdown, current,
+    ))
+    .await;
+    if let Some(Admitted {
+        mut client,
+        mut control,
+        mut shutdown,
+    }) = admitted
+    {
+        let close = client.run(&mut control, &mut shutdown).await;
+        Box::pin(client.finish(close)).await;
+        // The control receiver is dropped only now, after `detach`: a connection taking over
+        // this session waits for exactly that.
+        drop(control);
+    }
+    stats.connections_current.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A client whose CONNECT was accepted: CONNACK is in its write buffer.
+struct Admitted<'a, S> {
+    client: Client<'a, S>,
+    control: mpsc::Receiver<Control>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Reads CONNECT and runs it through the checks, authentication and the broker's `attach`.
+/// `None` when the connection is to close (refusals are answered here).
+async fn admit<S>(
+    socket: S,
+    peer: SocketAddr,
+    listener: Option<SocketAddr>,
+    username: Username,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+    current: u64,
+) -> Option<Admitted<'_, S>>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let (reader, writer) = tokio::io::split(socket);
     let limits = &shared.config.limits;
     let mut io = Io {
         reader,
         writer,
-        // Empty until used: an idle connection should cost little (the first read reserves).
+        // Empty until used, and the read buffer empty again whenever no partial packet waits
+        // (see `read_more`): an idle connection should cost little.
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         decoder: Decoder::new(limits.max_packet_size),
@@ -125,7 +175,7 @@ pub(crate) async fn serve<S>(
     let timeout = Duration::from_secs(limits.connect_timeout);
     let connect = tokio::select! {
         r = tokio::time::timeout(timeout, io.read_packet()) => r,
-        _ = shutdown.changed() => { stats.connections_current.fetch_sub(1, Ordering::Relaxed); return; }
+        _ = shutdown.changed() => return None,
     };
     let connect = match connect {
         Err(_) => {
@@ -157,9 +207,9 @@ pub(crate) async fn serve<S>(
             listener,
             username,
         };
-        run_client(io, *connect, from, &shared, shutdown, over_limit).await;
+        return run_client(io, *connect, from, shared, shutdown, over_limit).await;
     }
-    stats.connections_current.fetch_sub(1, Ordering::Relaxed);
+    None
 }
 
 /// A CONNECT that failed to decode: answer what the specification asks, then close.
@@ -227,8 +277,7 @@ impl<S: AsyncRead + AsyncWrite> Io<S> {
             {
                 return Ok(Some(p));
             }
-            self.rbuf.reserve(READ_MIN);
-            match self.reader.read_buf(&mut self.rbuf).await {
+            match read_more(&mut self.reader, &mut self.rbuf, &mut self.read_hint).await {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
                 Err(e) => return Err(ReadError::Io(e)),
@@ -295,9 +344,10 @@ async fn run_client<S>(
     connect: Connect,
     from: Origin,
     shared: &Shared,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     over_limit: bool,
-) where
+) -> Option<Admitted<'_, S>>
+where
     S: AsyncRead + AsyncWrite + Send,
 {
     let protocol = connect.protocol;
@@ -332,19 +382,19 @@ async fn run_client<S>(
         );
         refuse(&mut io, ReasonCode::QUOTA_EXCEEDED);
         io.flush_best_effort().await;
-        return;
+        return None;
     }
     if let Some(left) = shared.logins.banned(peer.ip()) {
         warn!(client_id = %connect.client_id, ip = %peer.ip(), ban_left_secs = left.as_secs(), "refusing CONNECT: too many failed logins from this address");
         refuse(&mut io, ReasonCode::BANNED);
         io.flush_best_effort().await;
-        return;
+        return None;
     }
     if connect.properties.authentication_method.is_some() {
         warn!(client_id = %connect.client_id, "refusing CONNECT: enhanced authentication is not supported");
         refuse(&mut io, ReasonCode::BAD_AUTHENTICATION_METHOD);
         io.flush_best_effort().await;
-        return;
+        return None;
     }
 
     // With `use_identity_as_username` the certificate names the client, for auth and ACLs.
@@ -359,7 +409,7 @@ async fn run_client<S>(
             warn!("refusing CONNECT: use_identity_as_username is set and the client presented no certificate with a Common Name");
             refuse(&mut io, ReasonCode::NOT_AUTHORIZED);
             io.flush_best_effort().await;
-            return;
+            return None;
         }
     };
 
@@ -370,7 +420,7 @@ async fn run_client<S>(
             warn!("refusing CONNECT: empty client id without clean session [MQTT-3.1.3-8]");
             refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
             io.flush_best_effort().await;
-            return;
+            return None;
         }
         let id = ByteStr::from(assign_client_id(broker.next_connection_id()));
         assigned = Some(id.clone());
@@ -397,7 +447,7 @@ async fn run_client<S>(
             );
             refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
             io.flush_best_effort().await;
-            return;
+            return None;
         }
     }
 
@@ -436,7 +486,7 @@ async fn run_client<S>(
         if w.retain && !config.mqtt.retain_available {
             refuse(&mut io, ReasonCode::RETAIN_NOT_SUPPORTED);
             io.flush_best_effort().await;
-            return;
+            return None;
         }
     }
 
@@ -479,7 +529,7 @@ async fn run_client<S>(
             }
             refuse(&mut io, code.reason_code());
             io.flush_best_effort().await;
-            return;
+            return None;
         }
     };
     let info = Arc::new(ClientInfo {
@@ -493,7 +543,7 @@ async fn run_client<S>(
     });
 
     let connection_id = broker.next_connection_id();
-    let (control_tx, mut control_rx) = mpsc::channel(4);
+    let (control_tx, control_rx) = mpsc::channel(4);
     let handle = ConnectionHandle {
         id: connection_id,
         control: control_tx,
@@ -565,11 +615,11 @@ async fn run_client<S>(
     shared.hooks.each(|h| h.client_connected(&client.info));
 
     client.resend_inflight();
-    let close = client.run(&mut control_rx, &mut shutdown).await;
-    client.finish(close).await;
-    // The control receiver is dropped only now, after `detach`: a connection taking over this
-    // session waits for exactly that.
-    drop(control_rx);
+    Some(Admitted {
+        client,
+        control: control_rx,
+        shutdown,
+    })
 }
 
 /// An identifier for a client that sent none: unique in this process and unlikely to collide
@@ -600,7 +650,7 @@ where
         tokio::pin!(sleep);
         let session = Arc::clone(&self.session);
         // Packets that came in the same read as CONNECT are already buffered.
-        if let Err(close) = self.handle_input().await {
+        if let Err(close) = self.handle_read().await {
             return close;
         }
         loop {
@@ -634,7 +684,7 @@ where
                         return Close { reason: None, departure: Departure::WithWill };
                     }
                     Ok(_) => {
-                        if let Err(close) = self.handle_input().await {
+                        if let Err(close) = self.handle_read().await {
                             return close;
                         }
                     }
@@ -660,6 +710,12 @@ where
                 }
             }
         }
+    }
+
+    /// `handle_input`, boxed: its state (a packet, an authorizer's answer) is several times an
+    /// idle connection's and lives only while the input is handled.
+    async fn handle_read(&mut self) -> Result<(), Close> {
+        Box::pin(self.handle_input()).await
     }
 
     /// Decodes and handles every whole packet in the read buffer. Awaits only when an auth
@@ -1376,16 +1432,29 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads more bytes into `rbuf`. Cancel-safe: `read_buf` either reads or leaves `rbuf` untouched.
+thread_local! {
+    /// Each worker thread's read buffer for connections with nothing partial buffered: they wait
+    /// for input holding no buffer of their own.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_MAX].into_boxed_slice());
+}
+
+/// Reads more bytes into `rbuf`. Cancel-safe: it either reads or leaves `rbuf` untouched.
+///
+/// With no partial packet buffered, the read goes into the thread's scratch buffer and `rbuf`
+/// gets an allocation of exactly what came: an idle connection holds no read buffer, and the
+/// packets' views (a client id, a topic filter kept by the subscription index) keep only what
+/// they came in alive. A partial packet is completed in `rbuf` itself, with room that grows
+/// while reads fill it (a busy publisher) and shrinks when they do not.
 async fn read_more<R: AsyncRead + Unpin>(
     reader: &mut R,
     rbuf: &mut BytesMut,
     hint: &mut usize,
 ) -> std::io::Result<usize> {
-    if rbuf.is_empty() && rbuf.capacity() > 4 * *hint {
-        // Traffic calmed down: give the big buffer back (payload views still using it keep it
-        // alive until they are done).
+    if rbuf.is_empty() {
+        // Give back what the last read left (payload views still using it keep it alive until
+        // they are done).
         *rbuf = BytesMut::new();
+        return std::future::poll_fn(|cx| poll_read_scratch(reader, cx, rbuf)).await;
     }
     rbuf.reserve(*hint);
     let room = rbuf.capacity() - rbuf.len();
@@ -1396,6 +1465,32 @@ async fn read_more<R: AsyncRead + Unpin>(
         *hint = (*hint / 2).max(READ_MIN);
     }
     Ok(n)
+}
+
+/// One read through the thread's scratch buffer, appended to `rbuf`.
+fn poll_read_scratch<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    cx: &mut Context<'_>,
+    rbuf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => read_appending(reader, cx, &mut scratch, rbuf),
+        // Not reentrant in practice; a buffer of its own is correct all the same.
+        Err(_) => read_appending(reader, cx, &mut vec![0; READ_MIN], rbuf),
+    })
+}
+
+fn read_appending<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    cx: &mut Context<'_>,
+    scratch: &mut [u8],
+    rbuf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    let mut buf = ReadBuf::new(scratch);
+    ready!(Pin::new(reader).poll_read(cx, &mut buf))?;
+    let filled = buf.filled();
+    rbuf.extend_from_slice(filled);
+    Poll::Ready(Ok(filled.len()))
 }
 
 /// The stored form of an outgoing message, with its packet id and stage.
