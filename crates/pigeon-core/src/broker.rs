@@ -7,6 +7,7 @@
 //! share without waiting on each other.
 
 use crate::cluster::{ClusterBus, SharedSessions};
+use crate::control::{Control, ControlSender};
 use crate::message::{Delivery, Message};
 use crate::retain::RetainedStore;
 use crate::session::{
@@ -20,7 +21,6 @@ use pigeon_codec::{ByteStr, QoS, ReasonCode, RetainHandling, SubscriptionOptions
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -51,19 +51,12 @@ impl Default for BrokerSettings {
     }
 }
 
-/// What the broker may ask of a connection task.
-#[derive(Debug, Clone, Copy)]
-pub enum Control {
-    /// Close the connection, with this reason in a 5.0 DISCONNECT.
-    Disconnect(ReasonCode),
-}
-
 /// The broker's handle on a connection: its id and a way to tell it to close. The connection
-/// drops the receiving side only after `detach` returns, so a closed channel means "gone".
+/// drops the receiving side only after `detach` returns, so a closed line means "gone".
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
     pub id: u64,
-    pub control: mpsc::Sender<Control>,
+    pub control: ControlSender,
 }
 
 struct Slot {

@@ -7,6 +7,7 @@
 //! - `retain`: the retained-message store (a trie searched by filter).
 //! - `session`: one client's session state, its bounded queue and in-flight window.
 //! - `broker`: the registry of sessions, takeover, wills, expiry, and the router.
+//! - `control`: the broker's line to a connection task (close it, and wait until it has).
 //! - `stats`: counters.
 //! - `auth`: the ports for authentication and authorization, and the chain that asks them.
 //! - `hooks`: the events port.
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod broker;
 pub mod cluster;
+pub mod control;
 pub mod hooks;
 pub mod message;
 pub mod retain;
@@ -29,9 +31,10 @@ pub use auth::{
     ClientInfo, ConnectRequest, Reason, Refused, Verdict,
 };
 pub use broker::{
-    Broker, BrokerSettings, ConnectionHandle, Control, Departure, PublishOutcome, SubscribeResult,
+    Broker, BrokerSettings, ConnectionHandle, Departure, PublishOutcome, SubscribeResult,
 };
 pub use cluster::{ClusterBus, SharedSessions};
+pub use control::{control_channel, Control, ControlReceiver, ControlSender};
 pub use hooks::{Disconnection, HookList, Hooks, SubscriptionRequest};
 pub use message::{Delivery, Message};
 pub use session::{Enqueued, OutStage, Outgoing, QueueLimits, Session, SessionId, NEVER_EXPIRES};

@@ -5,10 +5,12 @@
 
 use bytes::Bytes;
 use pigeon_codec::{ByteStr, PublishProperties, QoS, ReasonCode, SubscriptionOptions};
-use pigeon_core::{Broker, BrokerSettings, ClusterBus, ConnectionHandle, Control, Message};
+use pigeon_core::{
+    control_channel, Broker, BrokerSettings, ClusterBus, ConnectionHandle, Control,
+    ControlReceiver, Message,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
 
 #[derive(Default)]
 struct RecordingBus {
@@ -64,8 +66,8 @@ async fn connect(
     broker: &Arc<Broker>,
     id: &str,
     expiry: u32,
-) -> (Arc<pigeon_core::Session>, mpsc::Receiver<Control>, u64) {
-    let (tx, rx) = mpsc::channel(4);
+) -> (Arc<pigeon_core::Session>, ControlReceiver, u64) {
+    let (tx, rx) = control_channel();
     let connection_id = broker.next_connection_id();
     let (session, _) = broker
         .attach(

@@ -21,8 +21,8 @@ use pigeon_core::auth::{Action, Admission, AuthChain, Check, ClientInfo, Connect
 use pigeon_core::hooks::{Disconnection, HookList, SubscriptionRequest};
 use pigeon_core::store::{QueueEntry, StoreOp};
 use pigeon_core::{
-    Broker, ConnectionHandle, Control, Departure, Message, OutStage, Outgoing, Session,
-    NEVER_EXPIRES,
+    control_channel, Broker, ConnectionHandle, Control, ControlReceiver, Departure, Message,
+    OutStage, Outgoing, Session, NEVER_EXPIRES,
 };
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 use tracing::{debug, info, warn, Span};
 
@@ -141,7 +141,7 @@ pub(crate) async fn serve<S>(
 /// A client whose CONNECT was accepted: CONNACK is in its write buffer.
 struct Admitted<'a, S> {
     client: Client<'a, S>,
-    control: mpsc::Receiver<Control>,
+    control: ControlReceiver,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -543,7 +543,7 @@ where
     });
 
     let connection_id = broker.next_connection_id();
-    let (control_tx, control_rx) = mpsc::channel(4);
+    let (control_tx, control_rx) = control_channel();
     let handle = ConnectionHandle {
         id: connection_id,
         control: control_tx,
@@ -638,7 +638,7 @@ where
 {
     async fn run(
         &mut self,
-        control: &mut mpsc::Receiver<Control>,
+        control: &mut ControlReceiver,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Close {
         let keep_alive = self.keep_alive;

@@ -186,7 +186,7 @@ impl PigeonHandle {
         let n = self.next_subscription.fetch_add(1, Ordering::Relaxed);
         let client_id = ByteStr::from(format!("\u{0}pigeon-in-process-{n}"));
         let connection_id = broker.next_connection_id();
-        let (control_tx, mut control_rx) = mpsc::channel(1);
+        let (control_tx, mut control_rx) = pigeon_core::control_channel();
         let handle = ConnectionHandle {
             id: connection_id,
             control: control_tx,
