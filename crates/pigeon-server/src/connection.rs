@@ -99,43 +99,56 @@ impl Close {
     }
 }
 
-/// Runs one connection to its end. Errors are logged here, with the span's peer and client id.
+/// An accepted stream and where it comes from, boxed for `serve`.
+pub(crate) struct Accepted<S> {
+    pub(crate) stream: S,
+    pub(crate) peer: SocketAddr,
+    pub(crate) listener: Option<SocketAddr>,
+    pub(crate) username: Username,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Runs one connection to its end, then drops `guard`. Errors are logged here, with the span's
+/// peer and client id.
 ///
-/// A task's future is as large as its largest state for as long as the task lives, so the
-/// short-lived, large states are boxed: CONNECT, authentication and attaching the session
-/// (`admit`), the handling of what a read brought (`Client::handle_read`) and the closing
-/// (`Client::finish`). What stays in the task while a connection idles is the client's state
+/// A task's future is as large as its largest state for as long as the task lives, so what an
+/// idle connection does not need is kept out of it: the arguments come boxed (an async fn keeps
+/// room for its arguments to the end), and the short-lived, large states are boxed: CONNECT,
+/// authentication and attaching the session (`admit`), the handling of what a read brought
+/// (`Client::handle_read`) and the closing (`Client::finish`). What stays is the client's state
 /// and the packet loop's `select!`.
-pub(crate) async fn serve<S>(
-    socket: S,
-    peer: SocketAddr,
-    listener: Option<SocketAddr>,
-    username: Username,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) where
+pub(crate) async fn serve<S, G>(accepted: Box<Accepted<S>>, guard: G)
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let Accepted {
+        stream,
+        peer,
+        listener,
+        username,
+        shared,
+        shutdown,
+    } = *accepted;
     let stats = &shared.broker.stats;
     stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
     let current = stats.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
     let admitted = Box::pin(admit(
-        socket, peer, listener, username, &shared, shutdown, current,
+        stream, peer, listener, username, &shared, shutdown, current,
     ))
     .await;
-    if let Some(Admitted {
-        mut client,
-        mut control,
-        mut shutdown,
-    }) = admitted
-    {
-        let close = client.run(&mut control, &mut shutdown).await;
-        Box::pin(client.finish(close)).await;
+    if let Some(mut admitted) = admitted {
+        let close = admitted
+            .client
+            .run(&mut admitted.control, &mut admitted.shutdown)
+            .await;
+        Box::pin(admitted.client.finish(close)).await;
         // The control receiver is dropped only now, after `detach`: a connection taking over
         // this session waits for exactly that.
-        drop(control);
+        drop(admitted.control);
     }
     stats.connections_current.fetch_sub(1, Ordering::Relaxed);
+    drop(guard);
 }
 
 /// A client whose CONNECT was accepted: CONNACK is in its write buffer.

@@ -4,7 +4,7 @@
 //! silent or broken handshake costs only its own task.
 
 use crate::config::{ListenerConfig, ListenerProtocol};
-use crate::connection::{self, Shared};
+use crate::connection::{self, Accepted, Shared};
 use crate::tls::{self, TlsSource, Username};
 use crate::ws::{self, WsSettings};
 use std::future::Future;
@@ -103,33 +103,54 @@ pub(crate) async fn accept_loop(
                 info_span!("conn", %peer, forwarded_for = tracing::field::Empty, client_id = tracing::field::Empty)
             }
         };
-        tokio::spawn(
-            async move {
-                serve(socket, peer, local, transport, shared, shutdown).await;
-                drop(alive);
+        // Plain TCP is the connection's future itself; the other transports are boxed, because
+        // a task's future is as large as its largest state and a TCP connection should not carry
+        // room for TLS and WebSocket handshakes and streams, nor for a wrapper's arguments.
+        match transport {
+            Transport::Tcp => {
+                let accepted = Box::new(Accepted {
+                    stream: socket,
+                    peer,
+                    listener: local,
+                    username: Username::FromConnect,
+                    shared,
+                    shutdown,
+                });
+                tokio::spawn(connection::serve(accepted, alive).instrument(span));
             }
-            .instrument(span),
-        );
+            other => {
+                tokio::spawn(
+                    async move {
+                        Box::pin(serve_any(socket, peer, local, other, shared, shutdown)).await;
+                        drop(alive);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
     }
 }
 
-/// Serves one accepted socket. Plain TCP runs inline; the other transports are boxed, because a
-/// task's future is as large as its largest state and a TCP connection should not carry room for
-/// TLS and WebSocket handshakes and streams (that room was most of an idle connection's memory).
-async fn serve(
-    socket: TcpStream,
+/// Runs a connection on `stream`.
+async fn serve_stream<S>(
+    stream: S,
     peer: SocketAddr,
-    local: Option<SocketAddr>,
-    transport: Transport,
+    listener: Option<SocketAddr>,
+    username: Username,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-) {
-    match transport {
-        Transport::Tcp => {
-            connection::serve(socket, peer, local, Username::FromConnect, shared, shutdown).await
-        }
-        other => Box::pin(serve_any(socket, peer, local, other, shared, shutdown)).await,
-    }
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let accepted = Box::new(Accepted {
+        stream,
+        peer,
+        listener,
+        username,
+        shared,
+        shutdown,
+    });
+    connection::serve(accepted, ()).await;
 }
 
 /// Handshakes, then hands the stream to the connection.
@@ -144,7 +165,7 @@ async fn serve_any(
     let deadline = Instant::now() + Duration::from_secs(shared.config.limits.handshake_timeout);
     match transport {
         Transport::Tcp => {
-            connection::serve(socket, peer, local, Username::FromConnect, shared, shutdown).await;
+            serve_stream(socket, peer, local, Username::FromConnect, shared, shutdown).await;
         }
         Transport::Tls {
             tls,
@@ -155,7 +176,7 @@ async fn serve_any(
             else {
                 return;
             };
-            connection::serve(stream, peer, local, username, shared, shutdown).await;
+            serve_stream(stream, peer, local, username, shared, shutdown).await;
         }
         Transport::Ws(settings) => {
             let upgrade = ws::accept(socket, peer, &settings);
@@ -165,7 +186,7 @@ async fn serve_any(
                 return;
             };
             let peer = forwarded(peer, &upgraded);
-            connection::serve(
+            serve_stream(
                 upgraded.stream,
                 peer,
                 local,
@@ -192,7 +213,7 @@ async fn serve_any(
                 return;
             };
             let peer = forwarded(peer, &upgraded);
-            connection::serve(upgraded.stream, peer, local, username, shared, shutdown).await;
+            serve_stream(upgraded.stream, peer, local, username, shared, shutdown).await;
         }
     }
 }
