@@ -129,7 +129,7 @@ where
         username,
         shared,
         shutdown,
-    } = *accepted;
+    } = unbox(accepted);
     let stats = &shared.broker.stats;
     stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
     let current = stats.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
@@ -149,6 +149,12 @@ where
     }
     stats.connections_current.fetch_sub(1, Ordering::Relaxed);
     drop(guard);
+}
+
+/// Moves a value out of its box and frees the box now (moving out of `*b` in place would
+/// keep the allocation until `b` goes out of scope: here, the end of the connection).
+fn unbox<T>(b: Box<T>) -> T {
+    *b
 }
 
 /// A client whose CONNECT was accepted: CONNACK is in its write buffer.
