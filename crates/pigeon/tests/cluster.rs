@@ -1487,3 +1487,34 @@ async fn a_client_id_takes_over_between_aedes_and_pigeon_both_ways() {
     })
     .await;
 }
+
+/// The harness itself: two aedes nodes on the test's Redis form a cluster without Pigeon, so a
+/// failure of the mixed tests above is Pigeon's, not the setup's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_two_aedes_nodes_form_a_cluster_on_the_test_redis() {
+    within(60 * SEC, async {
+        let redis = Redis::start().await;
+        let mut one = Aedes::start(&redis, "aedes-1");
+        let mut two = Aedes::start(&redis, "aedes-2");
+        let (mut sub, _) = Client::connect(two.port, "sub", Options::v311(true)).await;
+        assert_eq!(sub.subscribe("pair/#", QoS::AtLeastOnce).await, 1);
+        let (mut publisher, _) = Client::connect(one.port, "pub", Options::v311(true)).await;
+        route(&mut publisher, &mut [&mut sub], "pair").await;
+        for i in 0..5 {
+            let payload = format!("m-{i}");
+            assert!(
+                publisher
+                    .publish("pair/x", payload.as_bytes(), QoS::AtLeastOnce, false)
+                    .await
+            );
+        }
+        assert_eq!(texts(&sub.drain(SEC).await), seq_payloads("m", 5));
+        // Cluster-wide takeover between the two aedes nodes.
+        let (mut twin, _) = Client::connect(two.port, "pub", Options::v311(true)).await;
+        assert_eq!(publisher.closed(5 * SEC).await, Closed::Eof);
+        assert!(twin.ping(5 * SEC).await);
+        one.assert_alive("at the end");
+        two.assert_alive("at the end");
+    })
+    .await;
+}
