@@ -32,7 +32,15 @@ use tracing::{debug, info, warn};
 const BATCH: usize = 512;
 /// Reconnect delays grow from the first to the last.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// After an outage, what waited in the outbox goes this long after Redis is back: every node
+/// retries at least every `BACKOFF_MAX`, so by then they have all subscribed again and none
+/// misses what was kept for it.
+const RESEND_DELAY: Duration = Duration::from_millis(2500);
+/// The channel every Pigeon node subscribes to for retained messages, whatever its interest:
+/// a retained message must reach nodes that have no subscriber for its topic yet. Clients
+/// cannot publish to `$SYS/...`, on Pigeon or aedes nodes.
+pub const RETAINED_CHANNEL: &str = "$SYS/pigeon/retained";
 /// How long a shared-group election key lives: longer than any bus delay.
 const ELECTION_TTL_MS: u64 = 10_000;
 /// How long the key that elects one node to retain an injected message lives (the example
@@ -55,6 +63,10 @@ pub struct BusSettings {
     pub shared_store: bool,
     /// The prefix of the keys this node writes (shared-group elections).
     pub key_prefix: String,
+    /// Subscribe to every channel (`PSUBSCRIBE *`) rather than to the filters local sessions
+    /// use: an injected retained message is then kept even when no node has a subscriber for
+    /// its topic, at the price of every node reading every message.
+    pub subscribe_all: bool,
 }
 
 /// One encoded message waiting for Redis.
@@ -176,11 +188,13 @@ impl RedisBus {
     /// Sends the outbox to Redis, reconnecting with backoff.
     async fn send_loop(self: Arc<Self>, client: redis::Client) {
         let mut backoff = BACKOFF_MIN;
+        let mut first = true;
         loop {
             let mut conn = match connect(&client).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     debug!(error = %e, "cluster bus: publisher cannot connect");
+                    first = false;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -188,6 +202,11 @@ impl RedisBus {
             };
             backoff = BACKOFF_MIN;
             *lock(&self.commands) = Some(conn.clone());
+            if !first {
+                let waiting = lock(&self.outbox).len();
+                info!(messages = waiting, delay_ms = RESEND_DELAY.as_millis() as u64, "cluster bus: Redis is back; sending what waited once the other nodes have subscribed again");
+                tokio::time::sleep(RESEND_DELAY).await;
+            }
             loop {
                 let batch: Vec<Outgoing> = {
                     let mut outbox = lock(&self.outbox);
@@ -218,6 +237,7 @@ impl RedisBus {
                         }
                     }
                     Err(e) => {
+                        first = false;
                         warn!(error = %e, messages = batch.len(), "cluster bus: PUBLISH failed; keeping the messages for the next connection");
                         // Back to the front, in order: receivers drop any that did get through.
                         let mut outbox = lock(&self.outbox);
@@ -266,9 +286,13 @@ impl RedisBus {
                 }
             };
             let (mut sink, mut stream) = pubsub.split();
-            let mut ok = sink.psubscribe("$SYS/*/new/clients").await.is_ok();
+            let mut ok = sink.psubscribe("$SYS/*/new/clients").await.is_ok()
+                && sink.subscribe(RETAINED_CHANNEL).await.is_ok();
+            if self.settings.subscribe_all {
+                ok = ok && sink.psubscribe("*").await.is_ok();
+            }
             for (channel, _) in channels.values() {
-                if !ok {
+                if !ok || self.settings.subscribe_all {
                     break;
                 }
                 ok = subscribe(&mut sink, channel, true).await.is_ok();
@@ -302,6 +326,7 @@ impl RedisBus {
                                 Interest::Add(f) | Interest::Remove(f) => (channel_for(f), matches!(change, Interest::Add(_))),
                             };
                             if apply_interest(&mut channels, change)
+                                && !self.settings.subscribe_all
                                 && subscribe(&mut sink, &channel, add).await.is_err()
                             {
                                 break;
@@ -367,11 +392,7 @@ impl RedisBus {
             } else if !self.settings.shared_store {
                 // Each node keeps its own retained messages: every node stores it.
                 true
-            } else if msg
-                .broker_id
-                .as_deref()
-                .is_some_and(|id| id.contains(PIGEON_MARK))
-            {
+            } else if from_pigeon(&msg) {
                 // The Pigeon node that accepted it stored it in the shared store already.
                 false
             } else {
@@ -385,6 +406,16 @@ impl RedisBus {
                 }
             };
             broker.publish_from_bus(Arc::clone(&message), store_retained);
+            if msg.retain && channel != RETAINED_CHANNEL && !from_pigeon(&msg) {
+                // Injected or from aedes: only nodes with a matching subscription heard it.
+                // Passed on (same id) to the Pigeon nodes that did not, so every node keeps it.
+                if let Some(id) = &msg.id {
+                    self.push(
+                        Bytes::from_static(RETAINED_CHANNEL.as_bytes()),
+                        Bytes::from(wire::encode(&String::from_utf8_lossy(id), &msg)),
+                    );
+                }
+            }
         }
         let groups = broker.shared_groups(&message.topic);
         if groups.is_empty() {
@@ -492,7 +523,15 @@ impl ClusterBus for RedisBus {
             client_id: message.origin.clone(),
             properties,
         };
-        self.push_encoded(&msg);
+        let id = format!("{}/{}", self.broker_id, msg.broker_counter.unwrap_or(0));
+        let body = Bytes::from(wire::encode(&id, &msg));
+        if message.retain {
+            self.push(
+                Bytes::from_static(RETAINED_CHANNEL.as_bytes()),
+                body.clone(),
+            );
+        }
+        self.push(Bytes::copy_from_slice(msg.topic.as_bytes()), body);
     }
 
     fn interest(&self, filter: &str, present: bool) {
@@ -511,6 +550,13 @@ impl ClusterBus for RedisBus {
     fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+}
+
+/// Whether a Pigeon node accepted the message (its broker id carries the mark).
+fn from_pigeon(msg: &BusPublish) -> bool {
+    msg.broker_id
+        .as_deref()
+        .is_some_and(|id| id.contains(PIGEON_MARK))
 }
 
 /// Counts one filter's interest in its channel; true when the channel must be (un)subscribed.
