@@ -680,6 +680,10 @@ where
                 }
             };
             self.handle(packet).await?;
+            // One unit of tokio's cooperative budget per packet: a publisher whose socket always
+            // has data yields its worker every 128 packets, not every 128 reads (up to 64 KiB
+            // each), so the tasks that drain subscribers and the cluster bus are not starved.
+            tokio::task::consume_budget().await;
         }
     }
 
