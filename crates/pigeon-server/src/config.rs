@@ -57,6 +57,8 @@ pub struct ClusterConfig {
     /// Message ids remembered to drop copies (mqemitter-redis keeps 10,000 for 60 s).
     pub dedupe_ids: usize,
     pub dedupe_seconds: u64,
+    /// Read every message on the bus (`PSUBSCRIBE *`), not only those local sessions need.
+    pub subscribe_all: bool,
 }
 
 impl Default for ClusterConfig {
@@ -64,10 +66,11 @@ impl Default for ClusterConfig {
         ClusterConfig {
             redis_url: "redis://127.0.0.1:6379/".to_owned(),
             node_id: "pigeon".to_owned(),
-            heartbeat_interval: 5,
+            heartbeat_interval: 1,
             outbox_messages: 100_000,
             dedupe_ids: 100_000,
             dedupe_seconds: 60,
+            subscribe_all: false,
         }
     }
 }
@@ -696,15 +699,19 @@ bind = "127.0.0.1:18083"
 # redis_url = "redis://127.0.0.1:6379/"
 # A name for logs and metrics; the brokerId on the bus is this plus a suffix new at each start.
 # node_id = "pigeon"
-# Seconds between heartbeats; a node silent for three is taken for dead and its sessions can
-# move at once.
-# heartbeat_interval = 5
+# Seconds between heartbeats; a node silent for three is taken for dead, and its sessions move
+# to a live node (what is published for them meanwhile is not queued: docs/cluster.md).
+# heartbeat_interval = 1
 # Messages kept for the bus while Redis is unreachable, sent when it is back (older ones are
 # dropped first when full, and counted).
 # outbox_messages = 100000
 # Message ids remembered, and for how many seconds, to deliver each message once.
 # dedupe_ids = 100000
 # dedupe_seconds = 60
+# Read every message on the bus rather than those this node's sessions subscribe to. Needed
+# only if backends inject retained messages for topics no node has a subscriber for yet (with
+# it, every node keeps them); it costs every node a read of every message.
+# subscribe_all = false
 "#;
 
 /// Why a configuration was refused. The `Display` form is the whole message for a user:
@@ -1455,12 +1462,37 @@ queue_qos0 = true
     }
 
     #[test]
+    fn cluster_settings_are_checked_with_file_line_and_key() {
+        let text = format!("{ONE_LISTENER}[cluster]\nnode_id = \"node a\"\n");
+        assert!(
+            error(&text).contains("[cluster] node_id: must be a name without spaces"),
+            "{}",
+            error(&text)
+        );
+        let text = format!("{ONE_LISTENER}[cluster]\nredis_url = \"http://x\"\n");
+        assert!(error(&text).contains("[cluster] redis_url: `http://x` is not a redis:// URL"));
+        let text = format!("{ONE_LISTENER}[storage]\nbackend = \"redis\"\n");
+        assert!(
+            error(&text).contains("[storage] backend: \"redis\" needs"),
+            "{}",
+            error(&text)
+        );
+        let text =
+            format!("{ONE_LISTENER}[storage]\nbackend = \"redis\"\n[cluster]\nnode_id = \"a\"\n");
+        let config = Config::from_toml_str(&text, "pigeon.toml").expect("valid");
+        let cluster = config.cluster.expect("cluster section");
+        assert_eq!(cluster.node_id, "a");
+        assert_eq!(cluster.heartbeat_interval, 1);
+        assert_eq!(config.storage.key_prefix, "pigeon:");
+    }
+
+    #[test]
     fn unknown_top_level_key_names_line_and_key() {
         let text = format!("# comment\nbnd = 1\n{ONE_LISTENER}");
         assert_eq!(
             error(&text),
             "pigeon.toml:2:1: bnd: unknown field `bnd`, expected one of `listener`, `storage`, \
-             `auth`, `limits`, `mqtt`, `http`"
+             `auth`, `limits`, `mqtt`, `http`, `cluster`"
         );
     }
 

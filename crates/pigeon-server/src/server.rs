@@ -488,6 +488,7 @@ fn start_cluster(
             dedupe_ttl: Duration::from_secs(cluster.dedupe_seconds),
             shared_store,
             key_prefix: config.storage.key_prefix.clone(),
+            subscribe_all: cluster.subscribe_all,
         },
         broker,
     )

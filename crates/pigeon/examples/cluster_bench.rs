@@ -7,7 +7,9 @@
 //! cargo run --release -p pigeon --example cluster_bench -- --rounds 3 --duration 5
 //! ```
 //! Options: `--rounds N` (3), `--duration SECONDS` measured (5), `--warmup SECONDS` before it (1),
-//! `--publishers P` (4), `--window W` QoS 1 messages in flight per publisher (64), `--qos 0,1`.
+//! `--publishers P` (4), `--window W` QoS 1 messages in flight per publisher (64), `--qos 0,1`,
+//! `--kinds pigeon,aedes`, `--pigeon-threads N` (`--threads` of the Pigeon nodes; default one
+//! worker per core).
 //!
 //! One `redis-server` on a free 127.0.0.1 port (`--save '' --appendonly no`) serves every run.
 //! Each run starts two fresh nodes of one kind on it (A and B), subscribes one MQTT 3.1.1 client
@@ -269,6 +271,9 @@ impl RedisStats {
 
 // ---------------------------------------------------------------- nodes
 
+/// One run's named figures.
+type Figures = Vec<(&'static str, f64)>;
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
     Pigeon,
@@ -283,7 +288,14 @@ impl Kind {
         }
     }
 
-    async fn start(self, dir: &Path, node: &str, port: u16, redis_port: u16) -> Proc {
+    async fn start(
+        self,
+        dir: &Path,
+        node: &str,
+        port: u16,
+        redis_port: u16,
+        pigeon_threads: Option<usize>,
+    ) -> Proc {
         let redis_url = format!("redis://127.0.0.1:{redis_port}/");
         let log = dir.join(format!("{}-{node}.log", self.name()));
         match self {
@@ -296,9 +308,12 @@ impl Kind {
                     ),
                 )
                 .expect("write config");
+                let mut cmd = Command::new(root().join("target/release/pigeon"));
+                if let Some(n) = pigeon_threads {
+                    cmd.arg("--threads").arg(n.to_string());
+                }
                 let p = Proc::spawn(
-                    Command::new(root().join("target/release/pigeon"))
-                        .arg("--config")
+                    cmd.arg("--config")
                         .arg(&conf)
                         .env("RUST_LOG", "warn")
                         .stdin(Stdio::null())
@@ -461,6 +476,8 @@ struct Params {
     warmup: u64,
     publishers: usize,
     window: usize,
+    /// `--threads` for the Pigeon nodes (their default: one worker per core).
+    pigeon_threads: Option<usize>,
 }
 
 struct Published {
@@ -624,8 +641,12 @@ async fn run(
     dir: &Path,
 ) -> RunResult {
     let (port_a, port_b) = (free_port(), free_port());
-    let a = kind.start(dir, "a", port_a, redis_port).await;
-    let b = kind.start(dir, "b", port_b, redis_port).await;
+    let a = kind
+        .start(dir, "a", port_a, redis_port, p.pigeon_threads)
+        .await;
+    let b = kind
+        .start(dir, "b", port_b, redis_port, p.pigeon_threads)
+        .await;
 
     let mut sub = Client::connect(port_b, "bench-sub").await;
     sub.subscribe("bench/#", qos).await;
@@ -826,7 +847,9 @@ fn main() {
         warmup: 1,
         publishers: 4,
         window: 64,
+        pigeon_threads: None,
     };
+    let mut kinds = vec![Kind::Pigeon, Kind::Aedes];
     let mut rounds = 3usize;
     let mut qos_list = vec![QoS::AtMostOnce, QoS::AtLeastOnce];
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -843,6 +866,19 @@ fn main() {
             "--warmup" => p.warmup = val().parse().expect("--warmup SECONDS"),
             "--publishers" => p.publishers = val().parse().expect("--publishers N"),
             "--window" => p.window = val().parse().expect("--window N"),
+            "--pigeon-threads" => {
+                p.pigeon_threads = Some(val().parse().expect("--pigeon-threads N"))
+            }
+            "--kinds" => {
+                kinds = val()
+                    .split(',')
+                    .map(|k| match k {
+                        "pigeon" => Kind::Pigeon,
+                        "aedes" => Kind::Aedes,
+                        _ => panic!("--kinds takes pigeon, aedes or pigeon,aedes"),
+                    })
+                    .collect()
+            }
             "--qos" => {
                 qos_list = val()
                     .split(',')
@@ -868,7 +904,7 @@ fn main() {
         kill_all();
         default_hook(info);
     }));
-    let runs = rounds * qos_list.len() * 2;
+    let runs = rounds * qos_list.len() * kinds.len();
     let budget = Duration::from_secs(60 + runs as u64 * (p.warmup + p.duration + 60));
     std::thread::spawn(move || {
         std::thread::sleep(budget);
@@ -931,10 +967,10 @@ fn main() {
             p.window
         );
 
-        let mut results: HashMap<(u8, Kind), Vec<Vec<(&'static str, f64)>>> = HashMap::new();
+        let mut results: HashMap<(u8, Kind), Vec<Figures>> = HashMap::new();
         for round in 1..=rounds {
             for &qos in &qos_list {
-                for kind in [Kind::Pigeon, Kind::Aedes] {
+                for &kind in &kinds {
                     let r = run(kind, qos, round, p, &redis, redis_port, &dir).await;
                     println!("{}", r.json);
                     results.entry((qos as u8, kind)).or_default().push(r.figures);
@@ -942,33 +978,45 @@ fn main() {
             }
         }
 
+        let both = kinds.len() == 2;
         println!();
-        println!("| QoS | figure | pigeon | aedes | pigeon/aedes |");
-        println!("|---|---|--:|--:|--:|");
+        let heads: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        println!(
+            "| QoS | figure | {} |{}",
+            heads.join(" | "),
+            if both { " pigeon/aedes |" } else { "" }
+        );
+        println!(
+            "|---|---|{}{}",
+            "--:|".repeat(kinds.len()),
+            if both { "--:|" } else { "" }
+        );
         for &qos in &qos_list {
             let q = qos as u8;
-            let names: Vec<&str> = results[&(q, Kind::Pigeon)][0].iter().map(|f| f.0).collect();
+            let names: Vec<&str> = results[&(q, kinds[0])][0].iter().map(|f| f.0).collect();
             for (i, name) in names.iter().enumerate() {
                 let col = |k: Kind| -> (f64, f64, f64) {
                     let v: Vec<f64> = results[&(q, k)].iter().map(|r| r[i].1).collect();
                     median_min_max(&v)
                 };
-                let (pm, plo, phi) = col(Kind::Pigeon);
-                let (am, alo, ahi) = col(Kind::Aedes);
-                let ratio = if am.abs() > 1e-9 && !name.starts_with("loss") {
-                    format!("{:.2}", pm / am)
+                let cells: Vec<String> = kinds
+                    .iter()
+                    .map(|&k| {
+                        let (m, lo, hi) = col(k);
+                        format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi))
+                    })
+                    .collect();
+                let ratio = if both {
+                    let (pm, am) = (col(Kind::Pigeon).0, col(Kind::Aedes).0);
+                    if am.abs() > 1e-9 && !name.starts_with("loss") {
+                        format!(" {:.2} |", pm / am)
+                    } else {
+                        " n/a |".to_owned()
+                    }
                 } else {
-                    "n/a".to_owned()
+                    String::new()
                 };
-                println!(
-                    "| {q} | {name} | {} ({}–{}) | {} ({}–{}) | {ratio} |",
-                    fmt(pm),
-                    fmt(plo),
-                    fmt(phi),
-                    fmt(am),
-                    fmt(alo),
-                    fmt(ahi)
-                );
+                println!("| {q} | {name} | {} |{ratio}", cells.join(" | "));
             }
         }
         redis.stop(Duration::from_secs(5));

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use pigeon_codec::ByteStr;
 use pigeon_core::{Broker, ClusterBus, Message};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -30,9 +30,22 @@ use tracing::{debug, info, warn};
 
 /// Messages sent to Redis in one pipeline at most.
 const BATCH: usize = 512;
+/// While Redis is up and more than this many messages wait for it, publishers wait (bounded)
+/// until fewer than `BACKLOG_LOW` do: the bus sets the pace, as the subscribers' queues do
+/// locally, instead of the outbox overflowing.
+const BACKLOG_HIGH: usize = 16 * BATCH;
+const BACKLOG_LOW: usize = 4 * BATCH;
 /// Reconnect delays grow from the first to the last.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// After an outage, what waited in the outbox goes this long after Redis is back: every node
+/// retries at least every `BACKOFF_MAX`, so by then they have all subscribed again and none
+/// misses what was kept for it.
+const RESEND_DELAY: Duration = Duration::from_millis(2500);
+/// The channel every Pigeon node subscribes to for retained messages, whatever its interest:
+/// a retained message must reach nodes that have no subscriber for its topic yet. Clients
+/// cannot publish to `$SYS/...`, on Pigeon or aedes nodes.
+pub const RETAINED_CHANNEL: &str = "$SYS/pigeon/retained";
 /// How long a shared-group election key lives: longer than any bus delay.
 const ELECTION_TTL_MS: u64 = 10_000;
 /// How long the key that elects one node to retain an injected message lives (the example
@@ -55,6 +68,44 @@ pub struct BusSettings {
     pub shared_store: bool,
     /// The prefix of the keys this node writes (shared-group elections).
     pub key_prefix: String,
+    /// Subscribe to every channel (`PSUBSCRIBE *`) rather than to the filters local sessions
+    /// use: an injected retained message is then kept even when no node has a subscriber for
+    /// its topic, at the price of every node reading every message.
+    pub subscribe_all: bool,
+}
+
+/// How full the outbox is, shared with the publishers that wait for it to drain.
+#[derive(Default)]
+struct Backlog {
+    len: AtomicUsize,
+    up: AtomicBool,
+    drained: Notify,
+}
+
+impl Backlog {
+    fn set_len(&self, len: usize) {
+        let was = self.len.swap(len, Ordering::Relaxed);
+        if len < BACKLOG_LOW && was >= BACKLOG_LOW {
+            self.drained.notify_waiters();
+        }
+    }
+
+    fn high(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && self.len.load(Ordering::Relaxed) > BACKLOG_HIGH
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a drain between the check and the await wakes us.
+            notified.as_mut().enable();
+            if !self.up.load(Ordering::Relaxed) || self.len.load(Ordering::Relaxed) < BACKLOG_LOW {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// One encoded message waiting for Redis.
@@ -66,6 +117,8 @@ struct Outgoing {
 enum Interest {
     Add(String),
     Remove(String),
+    /// Answered once the changes before it are in effect in Redis.
+    Settled(tokio::sync::oneshot::Sender<()>),
 }
 
 pub struct RedisBus {
@@ -74,6 +127,7 @@ pub struct RedisBus {
     counter: AtomicU64,
     outbox: Mutex<VecDeque<Outgoing>>,
     outbox_ready: Notify,
+    backlog: Arc<Backlog>,
     interest: mpsc::UnboundedSender<Interest>,
     connected: AtomicBool,
     broker: Weak<Broker>,
@@ -98,6 +152,7 @@ impl RedisBus {
             counter: AtomicU64::new(0),
             outbox: Mutex::new(VecDeque::new()),
             outbox_ready: Notify::new(),
+            backlog: Arc::new(Backlog::default()),
             interest: interest_tx,
             connected: AtomicBool::new(false),
             broker: Arc::downgrade(broker),
@@ -131,12 +186,14 @@ impl RedisBus {
         let dropped = {
             let mut outbox = lock(&self.outbox);
             outbox.push_back(Outgoing { channel, body });
-            if outbox.len() > self.settings.outbox_messages {
+            let dropped = if outbox.len() > self.settings.outbox_messages {
                 outbox.pop_front();
                 true
             } else {
                 false
-            }
+            };
+            self.backlog.len.store(outbox.len(), Ordering::Relaxed);
+            dropped
         };
         if dropped {
             if let Some(broker) = self.stats() {
@@ -176,11 +233,13 @@ impl RedisBus {
     /// Sends the outbox to Redis, reconnecting with backoff.
     async fn send_loop(self: Arc<Self>, client: redis::Client) {
         let mut backoff = BACKOFF_MIN;
+        let mut first = true;
         loop {
             let mut conn = match connect(&client).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     debug!(error = %e, "cluster bus: publisher cannot connect");
+                    first = false;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -188,11 +247,18 @@ impl RedisBus {
             };
             backoff = BACKOFF_MIN;
             *lock(&self.commands) = Some(conn.clone());
+            if !first {
+                let waiting = lock(&self.outbox).len();
+                info!(messages = waiting, delay_ms = RESEND_DELAY.as_millis() as u64, "cluster bus: Redis is back; sending what waited once the other nodes have subscribed again");
+                tokio::time::sleep(RESEND_DELAY).await;
+            }
             loop {
                 let batch: Vec<Outgoing> = {
                     let mut outbox = lock(&self.outbox);
                     let n = outbox.len().min(BATCH);
-                    outbox.drain(..n).collect()
+                    let batch = outbox.drain(..n).collect();
+                    self.backlog.set_len(outbox.len());
+                    batch
                 };
                 if batch.is_empty() {
                     if self.broker.strong_count() == 0 {
@@ -218,6 +284,7 @@ impl RedisBus {
                         }
                     }
                     Err(e) => {
+                        first = false;
                         warn!(error = %e, messages = batch.len(), "cluster bus: PUBLISH failed; keeping the messages for the next connection");
                         // Back to the front, in order: receivers drop any that did get through.
                         let mut outbox = lock(&self.outbox);
@@ -227,6 +294,7 @@ impl RedisBus {
                         while outbox.len() > self.settings.outbox_messages {
                             outbox.pop_front();
                         }
+                        self.backlog.len.store(outbox.len(), Ordering::Relaxed);
                         break;
                     }
                 }
@@ -266,9 +334,13 @@ impl RedisBus {
                 }
             };
             let (mut sink, mut stream) = pubsub.split();
-            let mut ok = sink.psubscribe("$SYS/*/new/clients").await.is_ok();
+            let mut ok = sink.psubscribe("$SYS/*/new/clients").await.is_ok()
+                && sink.subscribe(RETAINED_CHANNEL).await.is_ok();
+            if self.settings.subscribe_all {
+                ok = ok && sink.psubscribe("*").await.is_ok();
+            }
             for (channel, _) in channels.values() {
-                if !ok {
+                if !ok || self.settings.subscribe_all {
                     break;
                 }
                 ok = subscribe(&mut sink, channel, true).await.is_ok();
@@ -281,6 +353,7 @@ impl RedisBus {
             backoff = BACKOFF_MIN;
             was_connected = true;
             self.connected.store(true, Ordering::Relaxed);
+            self.backlog.up.store(true, Ordering::Relaxed);
             if let Some(broker) = self.stats() {
                 broker.stats.bus_connected.store(1, Ordering::Relaxed);
                 broker.stats.bus_connects.fetch_add(1, Ordering::Relaxed);
@@ -297,11 +370,18 @@ impl RedisBus {
                         None => break,
                     },
                     change = interest_rx.recv() => match change {
+                        Some(Interest::Settled(done)) => {
+                            // Redis answered every (P)SUBSCRIBE before this one.
+                            let _ = done.send(());
+                        }
                         Some(change) => {
                             let (channel, add) = match &change {
-                                Interest::Add(f) | Interest::Remove(f) => (channel_for(f), matches!(change, Interest::Add(_))),
+                                Interest::Add(f) => (channel_for(f), true),
+                                Interest::Remove(f) => (channel_for(f), false),
+                                Interest::Settled(_) => unreachable!("answered above"),
                             };
                             if apply_interest(&mut channels, change)
+                                && !self.settings.subscribe_all
                                 && subscribe(&mut sink, &channel, add).await.is_err()
                             {
                                 break;
@@ -312,6 +392,9 @@ impl RedisBus {
                 }
             }
             self.connected.store(false, Ordering::Relaxed);
+            // Nobody waits for a bus that is down: local delivery goes on.
+            self.backlog.up.store(false, Ordering::Relaxed);
+            self.backlog.drained.notify_waiters();
             if let Some(broker) = self.stats() {
                 broker.stats.bus_connected.store(0, Ordering::Relaxed);
             }
@@ -367,11 +450,7 @@ impl RedisBus {
             } else if !self.settings.shared_store {
                 // Each node keeps its own retained messages: every node stores it.
                 true
-            } else if msg
-                .broker_id
-                .as_deref()
-                .is_some_and(|id| id.contains(PIGEON_MARK))
-            {
+            } else if from_pigeon(&msg) {
                 // The Pigeon node that accepted it stored it in the shared store already.
                 false
             } else {
@@ -385,6 +464,16 @@ impl RedisBus {
                 }
             };
             broker.publish_from_bus(Arc::clone(&message), store_retained);
+            if msg.retain && channel != RETAINED_CHANNEL && !from_pigeon(&msg) {
+                // Injected or from aedes: only nodes with a matching subscription heard it.
+                // Passed on (same id) to the Pigeon nodes that did not, so every node keeps it.
+                if let Some(id) = &msg.id {
+                    self.push(
+                        Bytes::from_static(RETAINED_CHANNEL.as_bytes()),
+                        Bytes::from(wire::encode(&String::from_utf8_lossy(id), &msg)),
+                    );
+                }
+            }
         }
         let groups = broker.shared_groups(&message.topic);
         if groups.is_empty() {
@@ -492,7 +581,15 @@ impl ClusterBus for RedisBus {
             client_id: message.origin.clone(),
             properties,
         };
-        self.push_encoded(&msg);
+        let id = format!("{}/{}", self.broker_id, msg.broker_counter.unwrap_or(0));
+        let body = Bytes::from(wire::encode(&id, &msg));
+        if message.retain {
+            self.push(
+                Bytes::from_static(RETAINED_CHANNEL.as_bytes()),
+                body.clone(),
+            );
+        }
+        self.push(Bytes::copy_from_slice(msg.topic.as_bytes()), body);
     }
 
     fn interest(&self, filter: &str, present: bool) {
@@ -511,6 +608,30 @@ impl ClusterBus for RedisBus {
     fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+
+    fn backlog(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        if !self.backlog.high() {
+            return None;
+        }
+        let backlog = Arc::clone(&self.backlog);
+        Some(Box::pin(async move { backlog.wait().await }))
+    }
+
+    fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        let _ = self.interest.send(Interest::Settled(done));
+        Box::pin(async move {
+            // Bounded: a bus that is reconnecting answers when it is back, or not at all.
+            let _ = tokio::time::timeout(Duration::from_secs(2), settled).await;
+        })
+    }
+}
+
+/// Whether a Pigeon node accepted the message (its broker id carries the mark).
+fn from_pigeon(msg: &BusPublish) -> bool {
+    msg.broker_id
+        .as_deref()
+        .is_some_and(|id| id.contains(PIGEON_MARK))
 }
 
 /// Counts one filter's interest in its channel; true when the channel must be (un)subscribed.
@@ -523,6 +644,11 @@ fn apply_interest(channels: &mut HashMap<String, (Channel, u32)>, change: Intere
                 .or_insert((channel, 0));
             entry.1 += 1;
             entry.1 == 1
+        }
+        Interest::Settled(done) => {
+            // Not connected: nothing to wait for.
+            let _ = done.send(());
+            false
         }
         Interest::Remove(filter) => {
             let name = channel_for(&filter).name().to_owned();
