@@ -714,7 +714,12 @@ where
                     return Err(Close::error(e.reason_code()));
                 }
             };
-            self.handle(packet).await?;
+            // PUBLISH skips `handle`: one move less of the packet, and of the future holding
+            // it, per message (callgrind: about 5% of the fan-in path's instructions).
+            match packet {
+                Packet::Publish(p) => self.on_publish(p).await?,
+                other => self.handle(other).await?,
+            }
         }
         Ok(())
     }
@@ -831,7 +836,7 @@ where
             warn!(topic = %p.topic, "retained PUBLISH while retain is not available; closing");
             return Err(Close::error(ReasonCode::RETAIN_NOT_SUPPORTED));
         }
-        if p.topic.split('/').count() > config.limits.max_topic_levels {
+        if topic_levels(&p.topic) > config.limits.max_topic_levels {
             warn!(topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
             return Err(Close::error(ReasonCode::TOPIC_NAME_INVALID));
         }
@@ -1045,7 +1050,7 @@ where
                 warn!(filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
                 return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
             }
-            if filter.split('/').count() > self.shared.config.limits.max_topic_levels {
+            if topic_levels(filter) > self.shared.config.limits.max_topic_levels {
                 warn!(filter = %filter, "filter has too many levels; refused");
                 codes.push(if self.protocol.is_v5() {
                     ReasonCode::TOPIC_FILTER_INVALID
@@ -1392,6 +1397,12 @@ where
             self.shared.hooks.each(|h| h.client_disconnected(info, how));
         }
     }
+}
+
+/// Levels of a topic name or filter. Counts bytes: `split('/')` costs several times as much on
+/// the short topics of the per-message path.
+fn topic_levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
 /// Resolves with true when the queue a paused connection waits for has drained, with false
