@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - `embedded`: the default store, a redb file in the data directory.
+//! - `redis_store`: the `redis` store, sessions and retained messages in a Redis shared by nodes,
+//!   and which node owns each session.
 //! - `record`: the byte layout of stored sessions, queue entries and messages.
 //! - `password_file`: mosquitto's password file (`$7$`, `$6$`), the authenticator and the editor
 //!   behind `pigeon passwd`.
@@ -11,9 +13,12 @@
 //!   are its lookups.
 //! - `jwt`: a JSON Web Token as password, with topic rights in a claim.
 //! - `cache`: the bounded TTL cache the external backends share.
+//! - `cluster`: the Redis bus shared with aedes nodes: mqemitter-redis envelopes, channel
+//!   patterns, id dedupe.
 
 pub mod acl_file;
 mod cache;
+pub mod cluster;
 pub mod embedded;
 pub mod http_auth;
 pub mod jwt;
@@ -21,6 +26,7 @@ pub mod password_file;
 pub mod postgres_auth;
 mod record;
 pub mod redis_auth;
+pub mod redis_store;
 pub mod user_db;
 
 pub use acl_file::AclFile;
@@ -28,4 +34,5 @@ pub use embedded::EmbeddedStore;
 pub use http_auth::HttpAuth;
 pub use jwt::JwtAuth;
 pub use password_file::{FileError, PasswordFile};
+pub use redis_store::RedisStore;
 pub use user_db::UserDb;

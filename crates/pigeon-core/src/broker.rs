@@ -6,19 +6,20 @@
 //! and never across `.await`; routing takes the index read lock, which publishers on every core
 //! share without waiting on each other.
 
+use crate::cluster::{ClusterBus, SharedSessions};
 use crate::message::{Delivery, Message};
 use crate::retain::RetainedStore;
 use crate::session::{
     Enqueued, QueueLimits, Session, SessionId, SubscriptionRecord, NEVER_EXPIRES,
 };
 use crate::stats::Stats;
-use crate::store::{self, Persistence, SessionRecord, Snapshot, StoreOp};
+use crate::store::{self, LoadedSession, Persistence, SessionRecord, Snapshot, StoreOp};
 use crate::subscriptions::{Match, ShardedIndex, Subscriber};
 use pigeon_codec::topic::parse_shared;
 use pigeon_codec::{ByteStr, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -90,7 +91,24 @@ pub struct Broker {
     next_session_id: AtomicU64,
     next_connection_id: AtomicU64,
     store: Option<Arc<Persistence>>,
+    /// The other nodes, once the server connects a bus.
+    cluster: OnceLock<Arc<dyn ClusterBus>>,
+    /// Set when the store is shared with other nodes: sessions are claimed before use.
+    shared: OnceLock<Arc<dyn SharedSessions>>,
+    /// Local subscriptions per plain filter: what this node needs from the bus.
+    interest: Mutex<HashMap<Box<str>, u32>>,
     pub stats: Stats,
+}
+
+/// Which shared subscription groups one routing pass serves.
+#[derive(Clone, Copy)]
+enum Groups<'a> {
+    /// Every group: one member each (a node alone, or a cluster whose bus is down).
+    All,
+    /// None: the cluster bus serves them (see `publish_to_groups`).
+    Skip,
+    /// Only the groups with these keys (`<group>/<filter>`).
+    Only(&'a [String]),
 }
 
 /// What routing one message did.
@@ -176,7 +194,60 @@ impl Broker {
             next_session_id: AtomicU64::new(1),
             next_connection_id: AtomicU64::new(1),
             store,
+            cluster: OnceLock::new(),
+            shared: OnceLock::new(),
+            interest: Mutex::new(HashMap::new()),
             stats: Stats::default(),
+        }
+    }
+
+    /// Connects the broker to its cluster: from now on local messages go to `bus` too, and the
+    /// bus hears of every filter local sessions subscribe (starting with those that exist).
+    /// A second call is ignored.
+    pub fn set_cluster(&self, bus: Arc<dyn ClusterBus>) {
+        let interest = lock(&self.interest);
+        if self.cluster.set(Arc::clone(&bus)).is_ok() {
+            for filter in interest.keys() {
+                bus.interest(filter, true);
+            }
+        }
+    }
+
+    /// Makes the broker claim and load sessions through `shared` (a store other nodes use too).
+    pub fn set_shared_sessions(&self, shared: Arc<dyn SharedSessions>) {
+        let _ = self.shared.set(shared);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterBus>> {
+        self.cluster.get()
+    }
+
+    /// Counts a local subscription on `filter` in or out, telling the bus when the count
+    /// leaves or reaches zero.
+    fn count_interest(&self, filter: &str, added: bool) {
+        let (_, plain) = split_filter(filter);
+        let mut interest = lock(&self.interest);
+        let changed = if added {
+            let n = interest.entry(plain.into()).or_insert(0);
+            *n += 1;
+            *n == 1
+        } else {
+            match interest.get_mut(plain) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    interest.remove(plain);
+                    true
+                }
+                None => false,
+            }
+        };
+        if changed {
+            if let Some(bus) = self.cluster.get() {
+                bus.interest(plain, added);
+            }
         }
     }
 
@@ -191,7 +262,6 @@ impl Broker {
     ) -> Arc<Broker> {
         let broker = Arc::new(Broker::build(settings, Some(store)));
         let now = Instant::now();
-        let now_ms = store::now_ms();
         {
             let mut retained = write(&broker.retained);
             for m in snapshot.retained {
@@ -202,91 +272,9 @@ impl Broker {
         }
         let (mut sessions, mut queued, mut dropped) = (0usize, 0usize, 0usize);
         for loaded in snapshot.sessions {
-            let id = broker.next_session_id.fetch_add(1, Ordering::Relaxed);
-            let expiry = loaded.record.expiry_interval;
-            let session = Arc::new(Session::new(id, loaded.client_id.clone(), expiry));
-            {
-                let mut state = session.lock();
-                state.stored = true;
-                state.generation = 1;
-                let index = &broker.index;
-                for (filter, options, sub_id) in loaded.subscriptions {
-                    let (group, plain) = split_filter(&filter);
-                    index.insert(
-                        plain,
-                        group,
-                        Subscriber {
-                            session: Arc::clone(&session),
-                            options,
-                            id: sub_id,
-                        },
-                    );
-                    state.subscriptions.insert(
-                        filter,
-                        SubscriptionRecord {
-                            options,
-                            id: sub_id,
-                        },
-                    );
-                }
-                for (seq, entry) in loaded.queue {
-                    state.next_seq = state.next_seq.max(seq + 1);
-                    if entry.message.is_expired(now) {
-                        dropped += 1;
-                        broker.persist_op(StoreOp::QueueDelete {
-                            client_id: loaded.client_id.clone(),
-                            seq,
-                        });
-                        continue;
-                    }
-                    queued += 1;
-                    if let Some(store) = &broker.store {
-                        // Counted whatever the cap: what the store already holds stays.
-                        let _ = store.reserve(entry.message.weight());
-                    }
-                    let delivery = Delivery {
-                        message: entry.message,
-                        qos: entry.qos,
-                        retain: entry.retain,
-                        subscription_ids: entry.subscription_ids,
-                        seq,
-                    };
-                    match entry.stage {
-                        Some(stage) if entry.packet_id != 0 => {
-                            state.inflight.push_back(crate::session::Outgoing {
-                                packet_id: entry.packet_id,
-                                delivery,
-                                stage,
-                            })
-                        }
-                        _ => {
-                            state.queued_bytes += delivery.message.weight();
-                            state.queue.push_back(delivery);
-                        }
-                    }
-                }
-                state.incoming_qos2.extend(loaded.incoming);
-            }
-            let left = |since: Option<u64>, total: u32| -> u64 {
-                let gone = since
-                    .map(|ms| now_ms.saturating_sub(ms) / 1000)
-                    .unwrap_or(0);
-                u64::from(total).saturating_sub(gone)
-            };
-            if let Some((will, delay)) = loaded.record.will {
-                session.lock().pending_will = Some(will);
-                broker.schedule_will(&session, left(loaded.record.disconnected_at_ms, delay), 1);
-            }
-            if expiry != NEVER_EXPIRES {
-                broker.schedule_expiry(&session, left(loaded.record.disconnected_at_ms, expiry), 1);
-            }
-            lock(&broker.registry).insert(
-                loaded.client_id,
-                Slot {
-                    session,
-                    connection: None,
-                },
-            );
+            let (_, q, d) = broker.install(loaded);
+            queued += q;
+            dropped += d;
             sessions += 1;
         }
         info!(
@@ -297,6 +285,102 @@ impl Broker {
             "store loaded"
         );
         broker
+    }
+
+    /// Registers a session read from the store as an offline session, with its subscriptions,
+    /// queue, messages in flight, QoS 2 ids, and its will and expiry timers counting on from when
+    /// it was left. Returns it with the numbers of queued and of expired (dropped) messages.
+    fn install(self: &Arc<Self>, loaded: LoadedSession) -> (Arc<Session>, usize, usize) {
+        let now = Instant::now();
+        let now_ms = store::now_ms();
+        let (mut queued, mut dropped) = (0usize, 0usize);
+        let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let expiry = loaded.record.expiry_interval;
+        let session = Arc::new(Session::new(id, loaded.client_id.clone(), expiry));
+        {
+            let mut state = session.lock();
+            state.stored = true;
+            state.generation = 1;
+            let index = &self.index;
+            for (filter, options, sub_id) in loaded.subscriptions {
+                let (group, plain) = split_filter(&filter);
+                self.count_interest(&filter, true);
+                index.insert(
+                    plain,
+                    group,
+                    Subscriber {
+                        session: Arc::clone(&session),
+                        options,
+                        id: sub_id,
+                    },
+                );
+                state.subscriptions.insert(
+                    filter,
+                    SubscriptionRecord {
+                        options,
+                        id: sub_id,
+                    },
+                );
+            }
+            for (seq, entry) in loaded.queue {
+                state.next_seq = state.next_seq.max(seq + 1);
+                if entry.message.is_expired(now) {
+                    dropped += 1;
+                    self.persist_op(StoreOp::QueueDelete {
+                        client_id: loaded.client_id.clone(),
+                        seq,
+                    });
+                    continue;
+                }
+                queued += 1;
+                if let Some(store) = &self.store {
+                    // Counted whatever the cap: what the store already holds stays.
+                    let _ = store.reserve(entry.message.weight());
+                }
+                let delivery = Delivery {
+                    message: entry.message,
+                    qos: entry.qos,
+                    retain: entry.retain,
+                    subscription_ids: entry.subscription_ids,
+                    seq,
+                };
+                match entry.stage {
+                    Some(stage) if entry.packet_id != 0 => {
+                        state.inflight.push_back(crate::session::Outgoing {
+                            packet_id: entry.packet_id,
+                            delivery,
+                            stage,
+                        })
+                    }
+                    _ => {
+                        state.queued_bytes += delivery.message.weight();
+                        state.queue.push_back(delivery);
+                    }
+                }
+            }
+            state.incoming_qos2.extend(loaded.incoming);
+        }
+        let left = |since: Option<u64>, total: u32| -> u64 {
+            let gone = since
+                .map(|ms| now_ms.saturating_sub(ms) / 1000)
+                .unwrap_or(0);
+            u64::from(total).saturating_sub(gone)
+        };
+        if let Some((will, delay)) = loaded.record.will {
+            session.lock().pending_will = Some(will);
+            self.schedule_will(&session, left(loaded.record.disconnected_at_ms, delay), 1);
+        }
+        if expiry != NEVER_EXPIRES {
+            self.schedule_expiry(&session, left(loaded.record.disconnected_at_ms, expiry), 1);
+        }
+        lock(&self.registry).insert(
+            loaded.client_id,
+            Slot {
+                session: Arc::clone(&session),
+                connection: None,
+            },
+        );
+        (session, queued, dropped)
     }
 
     /// Writes `op` if the broker has a store; returns its number (0: not written).
@@ -376,13 +460,27 @@ impl Broker {
     /// session and whether it was resumed ("session present"). `will` is stored with a session
     /// that outlives its connection, so a crash of the broker does not lose it.
     pub async fn attach(
-        &self,
+        self: &Arc<Self>,
         client_id: ByteStr,
         clean_start: bool,
         expiry_interval: u32,
         will: Option<(Arc<Message>, u32)>,
         connection: ConnectionHandle,
     ) -> (Arc<Session>, bool) {
+        if let Some(bus) = self.cluster.get() {
+            bus.client_connected(&client_id);
+        }
+        if let Some(shared) = self.shared.get() {
+            if !lock(&self.registry).contains_key(&client_id) {
+                self.take_from_cluster(
+                    Arc::clone(shared),
+                    &client_id,
+                    clean_start,
+                    expiry_interval,
+                )
+                .await;
+            }
+        }
         // Each turn either finds no live connection and attaches, or closes the one it finds and
         // looks again: a third connection for the same id may have slipped in meanwhile.
         loop {
@@ -428,6 +526,181 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// Brings a session that another node may own here, before a connection attaches to it:
+    /// waits until its owner lets go (it closes its connection when the bus tells it a client
+    /// connected here) or is found dead, claims it, and loads it as an offline session. A clean
+    /// start instead deletes what is stored. Store errors are logged and the client gets a new
+    /// session: the connection is not refused for a store it cannot see.
+    async fn take_from_cluster(
+        self: &Arc<Self>,
+        shared: Arc<dyn SharedSessions>,
+        client_id: &ByteStr,
+        clean_start: bool,
+        expiry_interval: u32,
+    ) {
+        let deadline = std::time::Instant::now() + self.settings.takeover_timeout;
+        let cid = client_id.clone();
+        let claim = !clean_start || expiry_interval > 0;
+        let work = move || -> Result<Option<LoadedSession>, crate::store::StoreError> {
+            loop {
+                let owner = match shared.owner(&cid)? {
+                    Some(owner) if owner != shared.node() => owner,
+                    _ => break,
+                };
+                if !shared.is_alive(&owner)? {
+                    info!(client_id = %cid, node = %owner, "session owned by a node that is gone: taking it");
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    warn!(client_id = %cid, node = %owner, "session owner did not let go in time: taking it");
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if claim {
+                shared.claim(&cid)?;
+            }
+            if clean_start {
+                Ok(None)
+            } else {
+                shared.load_session(&cid)
+            }
+        };
+        let loaded = match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => {
+                warn!(client_id = %client_id, error = %e, "shared store: session not loaded; starting a new one");
+                None
+            }
+            Err(e) => {
+                warn!(client_id = %client_id, error = %e, "shared store: session load failed");
+                None
+            }
+        };
+        if clean_start {
+            self.persist_op(StoreOp::SessionDelete {
+                client_id: client_id.clone(),
+            });
+        }
+        if let Some(loaded) = loaded {
+            // A connection for the same id may have attached here meanwhile: it holds the
+            // session now, and the loaded copy is older.
+            if !lock(&self.registry).contains_key(client_id) {
+                let (_, queued, _) = self.install(loaded);
+                info!(client_id = %client_id, queued, "session loaded from the shared store");
+            }
+        }
+    }
+
+    /// A session this node took over from a node that died: registered as an offline session
+    /// (its queue fills, its will and expiry run), unless the client is here already.
+    pub fn adopt_session(self: &Arc<Self>, loaded: LoadedSession) -> bool {
+        if lock(&self.registry).contains_key(&loaded.client_id) {
+            return false;
+        }
+        self.install(loaded);
+        true
+    }
+
+    /// Another node got a connection for `client_id`: closes the local connection (0x8E in
+    /// 5.0, as a local takeover does; its will goes as it would then) and gives the session up.
+    /// With a store shared by the nodes the session stays stored, and once what this node wrote
+    /// is committed its ownership is released for the other node to load it. Without one, the
+    /// session ends here: the client lives on the other node now, and a will waiting out its
+    /// delay is cancelled (its client came back). Returns whether this node held the session.
+    pub async fn yield_session(self: &Arc<Self>, client_id: &ByteStr) -> bool {
+        let shared = self.shared.get().cloned();
+        let mut held = false;
+        loop {
+            let existing = {
+                let mut registry = lock(&self.registry);
+                let Some(slot) = registry.get(client_id) else {
+                    break;
+                };
+                held = true;
+                match slot.connection.clone() {
+                    Some(connection) => connection,
+                    None => {
+                        let slot = registry.remove(client_id).expect("looked up above");
+                        drop(registry);
+                        self.let_go(&slot.session, shared.is_some());
+                        break;
+                    }
+                }
+            };
+            info!(client_id = %client_id, old_connection = existing.id, "session taken over by a connection on another node");
+            let _ = existing
+                .control
+                .try_send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
+            if tokio::time::timeout(self.settings.takeover_timeout, existing.control.closed())
+                .await
+                .is_err()
+            {
+                warn!(client_id = %client_id, old_connection = existing.id, "taken-over connection did not close in time; detaching it");
+                let mut registry = lock(&self.registry);
+                if let Some(slot) = registry.get_mut(client_id) {
+                    if slot
+                        .connection
+                        .as_ref()
+                        .is_some_and(|c| c.id == existing.id)
+                    {
+                        slot.connection = None;
+                        slot.session.set_connected(false);
+                    }
+                }
+            }
+        }
+        if let (true, Some(shared)) = (held, shared) {
+            self.store_barrier().await;
+            let cid = client_id.clone();
+            match tokio::task::spawn_blocking(move || shared.release(&cid)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(client_id = %client_id, error = %e, "shared store: release failed")
+                }
+                Err(e) => warn!(client_id = %client_id, error = %e, "shared store: release failed"),
+            }
+        }
+        held
+    }
+
+    /// Drops a session another node took. `keep_stored`: its stored state stays for that node
+    /// (only the index entries and counters go here); otherwise the session ends.
+    fn let_go(&self, session: &Arc<Session>, keep_stored: bool) {
+        if !keep_stored {
+            // The pending will is dropped: its client is connected again, elsewhere.
+            let _ = self.end_session(session);
+            return;
+        }
+        let filters: Vec<ByteStr> = {
+            let mut state = session.lock();
+            // Timers armed for this session find a new generation and do nothing.
+            state.generation += 1;
+            state.pending_will = None;
+            if let Some(store) = &self.store {
+                let stored: usize = state
+                    .queue
+                    .iter()
+                    .chain(state.inflight.iter().map(|o| &o.delivery))
+                    .filter(|d| d.seq != 0)
+                    .map(|d| d.message.weight())
+                    .sum();
+                store.release(stored);
+            }
+            state.queue.clear();
+            state.queued_bytes = 0;
+            state.inflight.clear();
+            state.stored = false;
+            state.subscriptions.drain().map(|(f, _)| f).collect()
+        };
+        for filter in &filters {
+            let (group, plain) = split_filter(filter);
+            self.index.remove(plain, group, session.id());
+            self.count_interest(filter, false);
+        }
+        debug!(client_id = %session.client_id(), "session handed to another node");
     }
 
     fn attach_locked(
@@ -528,6 +801,18 @@ impl Broker {
         for filter in &filters {
             let (group, plain) = split_filter(filter);
             index.remove(plain, group, session.id());
+            self.count_interest(filter, false);
+        }
+        if let (Some(shared), Ok(runtime)) =
+            (self.shared.get(), tokio::runtime::Handle::try_current())
+        {
+            // Let other nodes take the client id without waiting for this node.
+            let (shared, cid) = (Arc::clone(shared), session.client_id().clone());
+            runtime.spawn_blocking(move || {
+                if let Err(e) = shared.release(&cid) {
+                    warn!(client_id = %cid, error = %e, "shared store: release failed");
+                }
+            });
         }
         debug!(client_id = %session.client_id(), "session ended");
         will
@@ -677,10 +962,59 @@ impl Broker {
         }
     }
 
-    /// Routes a message to every matching session and stores it if retained.
+    /// Routes a message accepted on this node to every matching session, stores it if
+    /// retained, and hands it to the cluster bus if there is one.
     pub fn publish(&self, message: Arc<Message>) -> PublishOutcome {
-        // A message still carrying its Message Expiry Interval (a will) starts it now.
-        let message = match message.properties.message_expiry_interval {
+        let message = Self::start_expiry(message);
+        let Some(bus) = self.cluster.get() else {
+            return self.route(&message, true, Groups::All);
+        };
+        // With the bus up, shared groups are served when the message comes back from it, so one
+        // member gets it cluster-wide; without it, this node's members serve them.
+        let groups = if bus.connected() {
+            Groups::Skip
+        } else {
+            Groups::All
+        };
+        let outcome = self.route(&message, true, groups);
+        bus.publish(&message);
+        outcome
+    }
+
+    /// Routes a message that came from another node (or was injected into the bus): to local
+    /// subscriptions except shared groups, which `publish_to_groups` serves. A retained one
+    /// replaces the retained message here; `store_retained` says whether this node also writes
+    /// it to the store (with a store shared by the nodes, only one of them does).
+    pub fn publish_from_bus(&self, message: Arc<Message>, store_retained: bool) -> PublishOutcome {
+        let message = Self::start_expiry(message);
+        self.route(&message, store_retained, Groups::Skip)
+    }
+
+    /// The keys (`<group>/<filter>`) of the shared groups with a local member that `topic`
+    /// matches: the groups this node may bid to serve for one message.
+    pub fn shared_groups(&self, topic: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        self.index.for_each_match(topic, |m| {
+            if let Match::Shared(group) = m {
+                if !group.members().is_empty() {
+                    keys.push(group.key().to_owned());
+                }
+            }
+        });
+        keys
+    }
+
+    /// Delivers `message` to one local member of each of the shared groups named (the groups
+    /// this node won for the message), and nowhere else.
+    pub fn publish_to_groups(&self, message: Arc<Message>, groups: &[String]) -> PublishOutcome {
+        let message = Self::start_expiry(message);
+        self.route_matches(&message, false, Groups::Only(groups))
+    }
+
+    /// A message still carrying its Message Expiry Interval (a will, a bus message) starts it
+    /// now.
+    fn start_expiry(message: Arc<Message>) -> Arc<Message> {
+        match message.properties.message_expiry_interval {
             Some(_) => Arc::new(Message::new(
                 message.topic.clone(),
                 message.payload.clone(),
@@ -690,23 +1024,43 @@ impl Broker {
                 message.origin.clone(),
             )),
             None => message,
-        };
+        }
+    }
+
+    /// Updates (and, if `store_retained`, stores) the retained message, then routes.
+    fn route(
+        &self,
+        message: &Arc<Message>,
+        store_retained: bool,
+        groups: Groups,
+    ) -> PublishOutcome {
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-        let mut outcome = PublishOutcome::default();
+        let mut wait_for = 0;
         if message.retain && self.settings.retain_available {
             let mut retained = write(&self.retained);
-            retained.set(Arc::clone(&message));
+            retained.set(Arc::clone(message));
             // Written under the retained lock, so the store keeps the last of racing publishes.
-            outcome.wait_for = if message.payload.is_empty() {
+            wait_for = if !store_retained {
+                0
+            } else if message.payload.is_empty() {
                 self.persist_op(StoreOp::RetainDelete {
                     topic: message.topic.clone(),
                 })
             } else {
                 self.persist_op(StoreOp::RetainPut {
-                    message: Arc::clone(&message),
+                    message: Arc::clone(message),
                 })
             };
         }
+        let mut outcome = self.route_matches(message, true, groups);
+        outcome.wait_for = outcome.wait_for.max(wait_for);
+        outcome
+    }
+
+    /// Queues `message` for the matching sessions: plain subscriptions if `plain`, and the
+    /// shared groups `groups` admits.
+    fn route_matches(&self, message: &Arc<Message>, plain: bool, groups: Groups) -> PublishOutcome {
+        let mut outcome = PublishOutcome::default();
         let mut targets: Vec<(Arc<Session>, SubscriptionOptions, Vec<u32>)> = Vec::new();
         // Each share group delivers its own copy, even to a session that also gets one through
         // another subscription (5.0 section 4.8.2), so group picks are kept out of the merge.
@@ -715,11 +1069,19 @@ impl Broker {
         {
             self.index.for_each_match(&message.topic, |m| {
                 let (sub, shared) = match m {
-                    Match::Single(sub) => (sub, false),
-                    Match::Shared(group) => match group.pick() {
-                        Some(sub) => (sub, true),
-                        None => return,
-                    },
+                    Match::Single(sub) if plain => (sub, false),
+                    Match::Single(_) => return,
+                    Match::Shared(group) => {
+                        let serve = match groups {
+                            Groups::All => true,
+                            Groups::Skip => false,
+                            Groups::Only(keys) => keys.iter().any(|k| k == group.key()),
+                        };
+                        match group.pick() {
+                            Some(sub) if serve => (sub, true),
+                            _ => return,
+                        }
+                    }
                 };
                 // MQTT-3.8.3-3: No Local keeps a client's own messages from it.
                 if sub.options.no_local && message.origin.as_ref() == Some(sub.session.client_id())
@@ -750,7 +1112,7 @@ impl Broker {
                 qos: message.qos.min(options.qos),
                 retain: message.retain && options.retain_as_published,
                 subscription_ids: ids,
-                message: Arc::clone(&message),
+                message: Arc::clone(message),
                 seq: 0,
             };
             let (written, full) = self.enqueue(&session, delivery);
@@ -806,6 +1168,9 @@ impl Broker {
                 .subscriptions
                 .insert(filter.clone(), SubscriptionRecord { options, id })
                 .is_some();
+            if !existed {
+                self.count_interest(filter, true);
+            }
             self.index.insert(
                 plain,
                 group,
@@ -863,6 +1228,7 @@ impl Broker {
         let mut state = session.lock();
         state.subscriptions.remove(filter.as_str())?;
         self.index.remove(plain, group, session.id());
+        self.count_interest(filter, false);
         Some(self.persist(&state, || StoreOp::SubscriptionDelete {
             client_id: session.client_id().clone(),
             filter: filter.clone(),

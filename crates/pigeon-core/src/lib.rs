@@ -11,9 +11,11 @@
 //! - `auth`: the ports for authentication and authorization, and the chain that asks them.
 //! - `hooks`: the events port.
 //! - `store`: the storage port, and group commit in front of it.
+//! - `cluster`: the ports to the other nodes (the bus) and to a store they share.
 
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod hooks;
 pub mod message;
 pub mod retain;
@@ -29,6 +31,7 @@ pub use auth::{
 pub use broker::{
     Broker, BrokerSettings, ConnectionHandle, Control, Departure, PublishOutcome, SubscribeResult,
 };
+pub use cluster::{ClusterBus, SharedSessions};
 pub use hooks::{Disconnection, HookList, Hooks, SubscriptionRequest};
 pub use message::{Delivery, Message};
 pub use session::{Enqueued, OutStage, Outgoing, QueueLimits, Session, SessionId, NEVER_EXPIRES};

@@ -22,6 +22,8 @@ pub struct Subscriber {
 /// The members of one `$share/<group>/<filter>`; each message goes to one of them.
 #[derive(Debug, Default)]
 pub struct SharedGroup {
+    /// `<group>/<filter>`: names the group across nodes.
+    key: Box<str>,
     members: Vec<Subscriber>,
     next: AtomicUsize,
 }
@@ -43,6 +45,11 @@ impl SharedGroup {
 
     pub fn members(&self) -> &[Subscriber] {
         &self.members
+    }
+
+    /// `<group>/<filter>`, the shared subscription without its `$share/` prefix.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -119,7 +126,10 @@ impl SubscriptionIndex {
         let existed = match group {
             None => leaf.subscribers.insert(sub.session.id(), sub).is_some(),
             Some(g) => {
-                let group = leaf.shared.entry(g.into()).or_default();
+                let group = leaf.shared.entry(g.into()).or_insert_with(|| SharedGroup {
+                    key: format!("{g}/{filter}").into(),
+                    ..SharedGroup::default()
+                });
                 let id = sub.session.id();
                 match group.members.iter_mut().find(|m| m.session.id() == id) {
                     Some(m) => {

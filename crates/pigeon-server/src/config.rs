@@ -38,6 +38,41 @@ pub struct Config {
     /// The HTTP listener (health, static files); `None` when a file has no `[http]` section.
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// The cluster over Redis; `None` (a node alone) when there is no `[cluster]` section.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: nodes sharing one Redis, in the wire format of aedes's mqemitter-redis.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+    /// A stable name for logs; the bus's `brokerId` is this plus a suffix new at every start.
+    pub node_id: String,
+    /// Seconds between heartbeats; a node silent for three of them is taken for dead.
+    pub heartbeat_interval: u64,
+    /// Local messages kept for the bus while Redis is unreachable, sent when it is back.
+    pub outbox_messages: usize,
+    /// Message ids remembered to drop copies (mqemitter-redis keeps 10,000 for 60 s).
+    pub dedupe_ids: usize,
+    pub dedupe_seconds: u64,
+    /// Read every message on the bus (`PSUBSCRIBE *`), not only those local sessions need.
+    pub subscribe_all: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: "redis://127.0.0.1:6379/".to_owned(),
+            node_id: "pigeon".to_owned(),
+            heartbeat_interval: 1,
+            outbox_messages: 100_000,
+            dedupe_ids: 100_000,
+            dedupe_seconds: 60,
+            subscribe_all: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -182,6 +217,8 @@ pub enum StorageBackend {
     /// survive a restart and a `kill -9`.
     #[default]
     Embedded,
+    /// Redis, shared by the nodes of a cluster: a session resumes on any node.
+    Redis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -203,6 +240,10 @@ pub struct StorageConfig {
     pub sync: SyncMode,
     /// With `sync = "periodic"`: milliseconds between syncs.
     pub sync_interval_ms: u64,
+    /// With `backend = "redis"`: the server; `[cluster] redis_url` when unset.
+    pub redis_url: Option<String>,
+    /// With `backend = "redis"`: the start of every key the store writes.
+    pub key_prefix: String,
 }
 
 impl Default for StorageConfig {
@@ -212,6 +253,8 @@ impl Default for StorageConfig {
             path: None,
             sync: SyncMode::Always,
             sync_interval_ms: 1000,
+            redis_url: None,
+            key_prefix: "pigeon:".to_owned(),
         }
     }
 }
@@ -452,6 +495,7 @@ impl Default for Config {
             limits: Limits::default(),
             mqtt: MqttConfig::default(),
             http: Some(HttpConfig::default()),
+            cluster: None,
         }
     }
 }
@@ -504,7 +548,9 @@ path = "/mqtt"
 
 [storage]
 # Where sessions, offline queues, in-flight messages, retained messages and wills live:
-# "embedded" (a redb file in `path`, survives restarts and kill -9) or "memory" (lost at restart).
+# "embedded" (a redb file in `path`, survives restarts and kill -9), "memory" (lost at restart)
+# or "redis" (shared by the nodes of a cluster, so a client resumes its session on any node;
+# Redis's own persistence settings decide what survives a restart of Redis).
 backend = "embedded"
 # Data directory of the embedded store; ./data when unset.
 # path = "./data"
@@ -513,6 +559,9 @@ backend = "embedded"
 # up to that much of what was acknowledged.
 sync = "always"
 sync_interval_ms = 1000
+# backend = "redis": the Redis server ([cluster] redis_url when unset) and the prefix of its keys.
+# redis_url = "redis://127.0.0.1:6379/0"
+key_prefix = "pigeon:"
 
 [auth]
 # Accept clients that send no username and password. When unset: accepted only if every
@@ -641,6 +690,28 @@ queue_qos0 = false
 bind = "127.0.0.1:18083"
 # Serve the files under this directory (index.html for a directory); unset serves none.
 # static_dir = "./public"
+
+# Several nodes on one Redis (docs/cluster.md). Each message a client publishes goes to Redis
+# once, as aedes's mqemitter-redis does (so aedes nodes can join), and each node subscribes to
+# what its sessions need. A backend injects messages with one Redis PUBLISH. Local delivery
+# never waits for Redis. Uncomment to turn it on.
+# [cluster]
+# redis_url = "redis://127.0.0.1:6379/"
+# A name for logs and metrics; the brokerId on the bus is this plus a suffix new at each start.
+# node_id = "pigeon"
+# Seconds between heartbeats; a node silent for three is taken for dead, and its sessions move
+# to a live node (what is published for them meanwhile is not queued: docs/cluster.md).
+# heartbeat_interval = 1
+# Messages kept for the bus while Redis is unreachable, sent when it is back (older ones are
+# dropped first when full, and counted).
+# outbox_messages = 100000
+# Message ids remembered, and for how many seconds, to deliver each message once.
+# dedupe_ids = 100000
+# dedupe_seconds = 60
+# Read every message on the bus rather than those this node's sessions subscribe to. Needed
+# only if backends inject retained messages for topics no node has a subscriber for yet (with
+# it, every node keeps them); it costs every node a read of every message.
+# subscribe_all = false
 "#;
 
 /// Why a configuration was refused. The `Display` form is the whole message for a user:
@@ -833,6 +904,7 @@ impl Config {
         }
 
         check_auth(self)?;
+        check_cluster(self)?;
 
         let limits = &self.limits;
         between(
@@ -859,6 +931,55 @@ impl Config {
         at_least("max_topic_levels", limits.max_topic_levels, 1)?;
         Ok(())
     }
+}
+
+/// `[cluster]` and the Redis store: a node name, a Redis to use, sane intervals.
+fn check_cluster(config: &Config) -> Result<(), Problem> {
+    if let Some(cluster) = &config.cluster {
+        if cluster.node_id.is_empty() || cluster.node_id.contains(char::is_whitespace) {
+            return Err(Problem::new(
+                &[Key("cluster"), Key("node_id")],
+                "must be a name without spaces, such as \"node-a\"".to_owned(),
+            ));
+        }
+        if !cluster.redis_url.starts_with("redis://") && !cluster.redis_url.starts_with("unix:") {
+            return Err(Problem::new(
+                &[Key("cluster"), Key("redis_url")],
+                format!("`{}` is not a redis:// URL", cluster.redis_url),
+            ));
+        }
+        if !(1..=3600).contains(&cluster.heartbeat_interval) {
+            return Err(Problem::new(
+                &[Key("cluster"), Key("heartbeat_interval")],
+                format!(
+                    "must be between 1 and 3600 seconds (got {})",
+                    cluster.heartbeat_interval
+                ),
+            ));
+        }
+        if cluster.dedupe_ids == 0 || cluster.dedupe_seconds == 0 {
+            return Err(Problem::new(
+                &[Key("cluster"), Key("dedupe_ids")],
+                "dedupe_ids and dedupe_seconds must be at least 1".to_owned(),
+            ));
+        }
+    }
+    if config.storage.backend == StorageBackend::Redis {
+        if config.storage.redis_url.is_none() && config.cluster.is_none() {
+            return Err(Problem::new(
+                &[Key("storage"), Key("backend")],
+                "\"redis\" needs [storage] redis_url or a [cluster] section".to_owned(),
+            ));
+        }
+        if config.cluster.is_none() {
+            return Err(Problem::new(
+                &[Key("storage"), Key("backend")],
+                "\"redis\" is the store of a cluster: add a [cluster] section (one node is fine)"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The `[auth]` rules: known backend names, a closed door beyond loopback.
@@ -1262,6 +1383,7 @@ mod tests {
             ("[limits]", "[limits]\n__probe = 1\n".to_owned()),
             ("[mqtt]", "[mqtt]\n__probe = 1\n".to_owned()),
             ("[http]", "[http]\n__probe = 1\n".to_owned()),
+            ("[cluster]", "[cluster]\n__probe = 1\n".to_owned()),
         ];
         for (section, text) in sections {
             let message = error(&text);
@@ -1340,12 +1462,37 @@ queue_qos0 = true
     }
 
     #[test]
+    fn cluster_settings_are_checked_with_file_line_and_key() {
+        let text = format!("{ONE_LISTENER}[cluster]\nnode_id = \"node a\"\n");
+        assert!(
+            error(&text).contains("[cluster] node_id: must be a name without spaces"),
+            "{}",
+            error(&text)
+        );
+        let text = format!("{ONE_LISTENER}[cluster]\nredis_url = \"http://x\"\n");
+        assert!(error(&text).contains("[cluster] redis_url: `http://x` is not a redis:// URL"));
+        let text = format!("{ONE_LISTENER}[storage]\nbackend = \"redis\"\n");
+        assert!(
+            error(&text).contains("[storage] backend: \"redis\" needs"),
+            "{}",
+            error(&text)
+        );
+        let text =
+            format!("{ONE_LISTENER}[storage]\nbackend = \"redis\"\n[cluster]\nnode_id = \"a\"\n");
+        let config = Config::from_toml_str(&text, "pigeon.toml").expect("valid");
+        let cluster = config.cluster.expect("cluster section");
+        assert_eq!(cluster.node_id, "a");
+        assert_eq!(cluster.heartbeat_interval, 1);
+        assert_eq!(config.storage.key_prefix, "pigeon:");
+    }
+
+    #[test]
     fn unknown_top_level_key_names_line_and_key() {
         let text = format!("# comment\nbnd = 1\n{ONE_LISTENER}");
         assert_eq!(
             error(&text),
             "pigeon.toml:2:1: bnd: unknown field `bnd`, expected one of `listener`, `storage`, \
-             `auth`, `limits`, `mqtt`, `http`"
+             `auth`, `limits`, `mqtt`, `http`, `cluster`"
         );
     }
 

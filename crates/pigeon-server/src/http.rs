@@ -1,5 +1,6 @@
-//! The HTTP listener (`[http]`): `GET /health`, a one-line index at `/`, and the files under
-//! `static_dir` when it is set (later also the admin API, metrics and dashboard).
+//! The HTTP listener (`[http]`): `GET /health`, `GET /metrics` (Prometheus text), a one-line
+//! index at `/`, and the files under `static_dir` when it is set (later also the admin API and
+//! dashboard).
 //!
 //! Static files: the request path is percent-decoded by the router, split on `/`, and refused
 //! (404) if any part is `..`, hidden (starts with `.`) or holds a backslash or NUL; the joined
@@ -12,7 +13,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use pigeon_core::Broker;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,17 +27,23 @@ const MAX_STATIC_FILE: u64 = 32 * 1024 * 1024;
 struct HttpState {
     /// Canonical `static_dir`.
     static_root: Option<PathBuf>,
+    broker: Arc<Broker>,
 }
 
 /// Serves until `shutdown` turns true.
 pub(crate) async fn serve(
     listener: TcpListener,
     static_root: Option<PathBuf>,
+    broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let state = Arc::new(HttpState { static_root });
+    let state = Arc::new(HttpState {
+        static_root,
+        broker,
+    });
     let router = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/", get(index))
         .route("/{*path}", get(static_file))
         .with_state(state);
@@ -51,6 +60,125 @@ pub(crate) async fn serve(
 
 async fn health() -> &'static str {
     "ok\n"
+}
+
+/// The broker's counters in the Prometheus text format.
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    use std::fmt::Write;
+    let broker = &state.broker;
+    let s = &broker.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let mut figures: Vec<(&str, &str, &str, u64)> = vec![
+        (
+            "pigeon_messages_received_total",
+            "counter",
+            "Messages accepted for routing.",
+            get(&s.messages_received),
+        ),
+        (
+            "pigeon_messages_sent_total",
+            "counter",
+            "PUBLISH packets written to clients.",
+            get(&s.messages_sent),
+        ),
+        (
+            "pigeon_messages_dropped_total",
+            "counter",
+            "Deliveries dropped (queue full, offline QoS 0, too large).",
+            get(&s.messages_dropped),
+        ),
+        (
+            "pigeon_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            get(&s.connections_accepted),
+        ),
+        (
+            "pigeon_connections",
+            "gauge",
+            "Connections open now.",
+            get(&s.connections_current),
+        ),
+        (
+            "pigeon_sessions",
+            "gauge",
+            "Sessions, connected or not.",
+            broker.session_count() as u64,
+        ),
+        (
+            "pigeon_subscriptions",
+            "gauge",
+            "Subscriptions.",
+            broker.subscription_count() as u64,
+        ),
+        (
+            "pigeon_retained_messages",
+            "gauge",
+            "Retained messages.",
+            broker.retained_count() as u64,
+        ),
+    ];
+    if broker.cluster().is_some() {
+        figures.extend([
+            (
+                "pigeon_cluster_bus_connected",
+                "gauge",
+                "1 while the cluster bus is connected to Redis.",
+                get(&s.bus_connected),
+            ),
+            (
+                "pigeon_cluster_bus_connects_total",
+                "counter",
+                "Connections of the bus to Redis (reconnects included).",
+                get(&s.bus_connects),
+            ),
+            (
+                "pigeon_cluster_bus_published_total",
+                "counter",
+                "Messages this node put on the bus.",
+                get(&s.bus_published),
+            ),
+            (
+                "pigeon_cluster_bus_received_total",
+                "counter",
+                "Messages from other nodes or injected, routed here.",
+                get(&s.bus_received),
+            ),
+            (
+                "pigeon_cluster_bus_duplicates_total",
+                "counter",
+                "Bus messages seen again and dropped.",
+                get(&s.bus_duplicates),
+            ),
+            (
+                "pigeon_cluster_bus_malformed_total",
+                "counter",
+                "Bus messages that could not be read, dropped.",
+                get(&s.bus_malformed),
+            ),
+            (
+                "pigeon_cluster_bus_dropped_total",
+                "counter",
+                "Local messages that never reached the bus (outbox full).",
+                get(&s.bus_dropped),
+            ),
+        ]);
+    }
+    let mut text = String::new();
+    for (name, kind, help, value) in figures {
+        let _ = write!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn index(State(state): State<Arc<HttpState>>) -> Response {

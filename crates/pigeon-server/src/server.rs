@@ -9,6 +9,9 @@ use crate::config::{self, Config, StorageBackend, SyncMode};
 use crate::connection::Shared;
 use crate::listener::{self, Transport};
 use crate::tls::{TlsError, TlsFiles, TlsSource};
+use pigeon_backends::cluster::bus::{BusSettings, RedisBus};
+use pigeon_backends::cluster::sessions::RedisSessions;
+use pigeon_backends::redis_store::RedisStore;
 use pigeon_backends::{AclFile, FileError, PasswordFile};
 use pigeon_core::auth::{AuthChain, Authenticator, Authorizer};
 use pigeon_core::hooks::{HookList, Hooks};
@@ -35,6 +38,9 @@ pub enum Error {
     /// The store cannot be opened or read: the broker does not start rather than start empty.
     #[error("{0}")]
     Store(#[from] pigeon_core::store::StoreError),
+    /// The cluster bus cannot be set up (a bad URL; an unreachable Redis is retried instead).
+    #[error("{0}")]
+    Cluster(String),
     #[error("listener {addr}: {source}")]
     Tls {
         addr: SocketAddr,
@@ -162,6 +168,13 @@ pub struct Server {
     http: Option<(TcpListener, Option<PathBuf>)>,
     tls: TlsReloader,
     shared: Arc<Shared>,
+    cluster: Option<Cluster>,
+}
+
+/// This node's part in a cluster.
+struct Cluster {
+    bus: Arc<RedisBus>,
+    sessions: Option<Arc<RedisSessions>>,
 }
 
 /// Reloads the certificates of every TLS listener (what SIGHUP does). Connections already open
@@ -305,6 +318,26 @@ impl Server {
                     snapshot,
                 )
             }
+            StorageBackend::Redis => {
+                let store =
+                    RedisStore::open(&redis_store_url(&config), &config.storage.key_prefix)?;
+                // Retained messages only: sessions load when their clients connect here.
+                let snapshot = store.load()?;
+                info!(redis = %store.url(), "redis store opened");
+                Broker::restore(
+                    settings,
+                    Persistence::start(
+                        Arc::new(store),
+                        SyncPolicy::Always,
+                        config.limits.max_stored_bytes,
+                    ),
+                    snapshot,
+                )
+            }
+        };
+        let cluster = match &config.cluster {
+            Some(c) => Some(start_cluster(&config, c, &broker)?),
+            None => None,
         };
         Ok(Server {
             listeners,
@@ -313,6 +346,7 @@ impl Server {
                 sources: reloadable,
             },
             shared: Arc::new(Shared::new(config, broker, auth, hooks)),
+            cluster,
         })
     }
 
@@ -365,9 +399,14 @@ impl Server {
                 alive_tx.clone(),
             ));
         }
-        let http = self
-            .http
-            .map(|(socket, root)| tokio::spawn(crate::http::serve(socket, root, stop_rx.clone())));
+        let http = self.http.map(|(socket, root)| {
+            tokio::spawn(crate::http::serve(
+                socket,
+                root,
+                Arc::clone(&self.shared.broker),
+                stop_rx.clone(),
+            ))
+        });
         let auth = AuthReloader {
             chain: Arc::clone(&self.shared.auth),
         };
@@ -410,9 +449,61 @@ impl Server {
             }
         }
         self.shared.broker.flush_store().await;
+        if let Some(cluster) = &self.cluster {
+            cluster.bus.flush(Duration::from_secs(2)).await;
+            if let Some(sessions) = cluster.sessions.clone() {
+                let _ = tokio::task::spawn_blocking(move || sessions.leave()).await;
+            }
+        }
         info!("shutdown complete");
         Ok(())
     }
+}
+
+/// The Redis server of `[storage] backend = "redis"`.
+fn redis_store_url(config: &Config) -> String {
+    config
+        .storage
+        .redis_url
+        .clone()
+        .or_else(|| config.cluster.as_ref().map(|c| c.redis_url.clone()))
+        .unwrap_or_default()
+}
+
+/// Connects the broker to the cluster bus and, with the Redis store, to the shared sessions.
+fn start_cluster(
+    config: &Config,
+    cluster: &config::ClusterConfig,
+    broker: &Arc<Broker>,
+) -> Result<Cluster, Error> {
+    let shared_store = config.storage.backend == StorageBackend::Redis;
+    let heartbeat = Duration::from_secs(cluster.heartbeat_interval);
+    let bus = RedisBus::start(
+        BusSettings {
+            redis_url: cluster.redis_url.clone(),
+            node_id: cluster.node_id.clone(),
+            heartbeat_interval: heartbeat,
+            outbox_messages: cluster.outbox_messages,
+            dedupe_ids: cluster.dedupe_ids,
+            dedupe_ttl: Duration::from_secs(cluster.dedupe_seconds),
+            shared_store,
+            key_prefix: config.storage.key_prefix.clone(),
+            subscribe_all: cluster.subscribe_all,
+        },
+        broker,
+    )
+    .map_err(Error::Cluster)?;
+    let sessions = if shared_store {
+        let store = RedisStore::open(&redis_store_url(config), &config.storage.key_prefix)?;
+        let sessions = Arc::new(RedisSessions::new(store, bus.broker_id().to_owned()));
+        sessions.start(broker, heartbeat);
+        broker.set_shared_sessions(Arc::clone(&sessions) as Arc<dyn pigeon_core::SharedSessions>);
+        Some(sessions)
+    } else {
+        None
+    };
+    info!(node_id = %cluster.node_id, broker_id = %bus.broker_id(), shared_store, "cluster on");
+    Ok(Cluster { bus, sessions })
 }
 
 /// Reloads TLS certificates and auth files at each SIGHUP until the server stops.

@@ -230,8 +230,10 @@ async fn store_size_levels_off_under_session_churn() {
     }
     let peak_early = sizes[..3].iter().max().copied().expect("three cycles");
     let late = sizes[3..].iter().max().copied().expect("three cycles");
+    // A cycle writes about 200 KB of messages, so a store that kept them would pass 2 MB by
+    // the last cycle; redb's page reuse varies with commit timing by some 10-20 %.
     assert!(
-        late <= peak_early + peak_early / 10,
+        late <= peak_early + peak_early / 4,
         "store keeps growing under churn: {sizes:?}"
     );
     eprintln!("store file size per cycle: {sizes:?}");
