@@ -715,7 +715,7 @@ where
                 }
             };
             // PUBLISH skips `handle`: one move less of the packet, and of the future holding
-            // it, per message (callgrind: about 5% of the fan-in path's instructions).
+            // it, per message (callgrind, with `topic_levels`: 6 % of the fan-in instructions).
             match packet {
                 Packet::Publish(p) => self.on_publish(p).await?,
                 other => self.handle(other).await?,
