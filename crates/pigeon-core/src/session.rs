@@ -50,7 +50,7 @@ impl QueueLimits {
 /// Publishers held back by one session's queue. Made when the queue first passes its high-water
 /// mark, so a session that never fills up carries only an empty pointer for it.
 #[derive(Debug)]
-pub struct Pressure {
+struct Pressure {
     /// Wakes the waiting publishers when `high` is cleared.
     drained: Notify,
     /// The queue passed the high-water mark while the client was connected and has not yet come
@@ -100,11 +100,6 @@ impl Backpressure {
         if self.0.high.load(Ordering::Acquire) {
             self.0.stalled.store(true, Ordering::Relaxed);
         }
-    }
-
-    /// The same session's pressure.
-    pub fn same(&self, other: &Backpressure) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -387,5 +382,90 @@ impl SessionState {
 
     pub fn inflight_mut(&mut self, packet_id: u16) -> Option<&mut Outgoing> {
         self.inflight.iter_mut().find(|o| o.packet_id == packet_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 8,
+        max_bytes: 1 << 20,
+        queue_qos0: false,
+    };
+
+    fn delivery() -> Delivery {
+        let message = Message::new(
+            ByteStr::from("t"),
+            Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+            Default::default(),
+            None,
+        );
+        Delivery {
+            message: Arc::new(message),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    async fn drained_within(pressure: &Backpressure, ms: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(ms), pressure.drained())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn publishers_are_held_from_high_water_to_low_water() {
+        let session = Session::new(1, ByteStr::from("c"), 0);
+        session.set_connected(true);
+        // High water of 8 is 6: the sixth message hands out the pressure.
+        for _ in 0..5 {
+            assert!(session.enqueue(delivery(), &LIMITS, None).2.is_none());
+        }
+        let pressure = session
+            .enqueue(delivery(), &LIMITS, None)
+            .2
+            .expect("at high water");
+        assert!(session.is_congested());
+        assert!(!drained_within(&pressure, 10).await);
+        // Low water is 4: two pops release it.
+        session.lock().pop_queued();
+        assert!(!drained_within(&pressure, 10).await);
+        session.lock().pop_queued();
+        assert!(drained_within(&pressure, 10).await);
+        assert!(!session.is_congested());
+    }
+
+    #[tokio::test]
+    async fn a_stuck_subscriber_hands_out_no_pressure_until_it_drains_and_offline_none() {
+        let session = Session::new(1, ByteStr::from("c"), 0);
+        session.set_connected(true);
+        let mut pressure = None;
+        for _ in 0..6 {
+            pressure = session.enqueue(delivery(), &LIMITS, None).2;
+        }
+        pressure.expect("at high water").stalled();
+        assert!(session.enqueue(delivery(), &LIMITS, None).2.is_none());
+        while session.lock().queue.len() > 4 {
+            session.lock().pop_queued();
+        }
+        for _ in 0..2 {
+            session.enqueue(delivery(), &LIMITS, None);
+        }
+        let pressure = session
+            .enqueue(delivery(), &LIMITS, None)
+            .2
+            .expect("drained, so again");
+        // A disconnect releases the waiters, and an offline session hands out none.
+        session.set_connected(false);
+        assert!(drained_within(&pressure, 10).await);
+        assert!(session.enqueue(delivery(), &LIMITS, None).2.is_none());
     }
 }
