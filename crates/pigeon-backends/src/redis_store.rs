@@ -24,7 +24,7 @@
 
 use crate::record::*;
 use bytes::Bytes;
-use pigeon_codec::ByteStr;
+use pigeon_codec::{ByteStr, SubscriptionOptions};
 use pigeon_core::store::{now_ms, LoadedSession, Snapshot, Store, StoreError, StoreOp};
 use redis::{Connection, RedisError, RedisResult};
 use std::collections::{BTreeSet, HashMap};
@@ -194,6 +194,27 @@ impl RedisStore {
             queue: entries,
             incoming: ids,
         }))
+    }
+
+    /// The session's subscriptions alone (empty when it has none or no session): what a node
+    /// must listen for while the session comes to it.
+    pub fn subscriptions(
+        &self,
+        client_id: &ByteStr,
+    ) -> Result<Vec<(ByteStr, SubscriptionOptions, Option<u32>)>, StoreError> {
+        let key = self.key(SUBS, client_id.as_bytes());
+        let subs: HashMap<Vec<u8>, Vec<u8>> = self.run("subscriptions", Replay::Safe, |c| {
+            redis::cmd("HGETALL").arg(&key).query(c)
+        })?;
+        let corrupt = |detail: String| self.corrupt("subs", client_id, detail);
+        let mut out = Vec::with_capacity(subs.len());
+        for (filter, value) in subs {
+            let filter = ByteStr::from_utf8(Bytes::from(filter))
+                .ok_or_else(|| corrupt("filter is not UTF-8".into()))?;
+            let (options, id) = decode_subscription(&value).map_err(corrupt)?;
+            out.push((filter, options, id));
+        }
+        Ok(out)
     }
 
     /// Makes `me` the owner of `client_id`'s session; returns the owner before (`Some(me)` if it

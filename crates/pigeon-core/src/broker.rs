@@ -18,7 +18,7 @@ use crate::subscriptions::{Match, ShardedIndex, Subscriber};
 use pigeon_codec::topic::parse_shared;
 use pigeon_codec::{ByteStr, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
@@ -97,8 +97,24 @@ pub struct Broker {
     shared: OnceLock<Arc<dyn SharedSessions>>,
     /// Local subscriptions per plain filter: what this node needs from the bus.
     interest: Mutex<HashMap<Box<str>, u32>>,
+    /// Sessions on their way here from another node, by client id (see `take_from_cluster`).
+    /// While any exists, routing runs under this lock.
+    captures: Mutex<HashMap<ByteStr, Capture>>,
+    capturing: AtomicUsize,
     pub stats: Stats,
 }
+
+/// What was routed for a session while it moved here from another node: from the moment this
+/// node listened for its filters until it was loaded. The old node stored the start of the same
+/// stream, so the loaded queue's tail and this list overlap; the overlap is dropped when merging.
+struct Capture {
+    /// The session's plain (not shared) filters and their QoS.
+    filters: Vec<(ByteStr, QoS)>,
+    messages: Vec<Arc<Message>>,
+}
+
+/// A capture keeps at most this many messages (a move takes milliseconds).
+const CAPTURE_MAX: usize = 100_000;
 
 /// Which shared subscription groups one routing pass serves.
 #[derive(Clone, Copy)]
@@ -197,6 +213,8 @@ impl Broker {
             cluster: OnceLock::new(),
             shared: OnceLock::new(),
             interest: Mutex::new(HashMap::new()),
+            captures: Mutex::new(HashMap::new()),
+            capturing: AtomicUsize::new(0),
             stats: Stats::default(),
         }
     }
@@ -467,11 +485,10 @@ impl Broker {
         will: Option<(Arc<Message>, u32)>,
         connection: ConnectionHandle,
     ) -> (Arc<Session>, bool) {
-        if let Some(bus) = self.cluster.get() {
-            bus.client_connected(&client_id);
-        }
-        if let Some(shared) = self.shared.get() {
-            if !lock(&self.registry).contains_key(&client_id) {
+        let moving = self.shared.get().is_some() && !lock(&self.registry).contains_key(&client_id);
+        match (self.shared.get(), self.cluster.get()) {
+            (Some(shared), _) if moving => {
+                // It announces the connection itself, once it listens for the session's filters.
                 self.take_from_cluster(
                     Arc::clone(shared),
                     &client_id,
@@ -480,6 +497,8 @@ impl Broker {
                 )
                 .await;
             }
+            (_, Some(bus)) => bus.client_connected(&client_id),
+            _ => {}
         }
         // Each turn either finds no live connection and attaches, or closes the one it finds and
         // looks again: a third connection for the same id may have slipped in meanwhile.
@@ -540,6 +559,40 @@ impl Broker {
         clean_start: bool,
         expiry_interval: u32,
     ) {
+        // Listen for the session's filters before its owner is told to let go, so what is
+        // published while it moves is kept here (the owner stores what came before).
+        let captured: Vec<(ByteStr, QoS)> = if clean_start {
+            Vec::new()
+        } else {
+            let (shared, cid) = (Arc::clone(&shared), client_id.clone());
+            match tokio::task::spawn_blocking(move || shared.subscriptions(&cid)).await {
+                Ok(Ok(subs)) => subs
+                    .into_iter()
+                    .filter(|(f, _, _)| split_filter(f).0.is_none())
+                    .map(|(f, options, _)| (f, options.qos))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        if !captured.is_empty() {
+            lock(&self.captures).insert(
+                client_id.clone(),
+                Capture {
+                    filters: captured.clone(),
+                    messages: Vec::new(),
+                },
+            );
+            self.capturing.fetch_add(1, Ordering::AcqRel);
+            for (filter, _) in &captured {
+                self.count_interest(filter, true);
+            }
+        }
+        if let Some(bus) = self.cluster.get() {
+            if !captured.is_empty() {
+                bus.settled().await;
+            }
+            bus.client_connected(client_id);
+        }
         let deadline = std::time::Instant::now() + self.settings.takeover_timeout;
         let cid = client_id.clone();
         let claim = !clean_start || expiry_interval > 0;
@@ -557,7 +610,7 @@ impl Broker {
                     warn!(client_id = %cid, node = %owner, "session owner did not let go in time: taking it");
                     break;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
             if claim {
                 shared.claim(&cid)?;
@@ -584,14 +637,80 @@ impl Broker {
                 client_id: client_id.clone(),
             });
         }
+        let mut captures = lock(&self.captures);
+        let capture = captures.remove(client_id);
         if let Some(loaded) = loaded {
             // A connection for the same id may have attached here meanwhile: it holds the
             // session now, and the loaded copy is older.
             if !lock(&self.registry).contains_key(client_id) {
-                let (_, queued, _) = self.install(loaded);
-                info!(client_id = %client_id, queued, "session loaded from the shared store");
+                let tail: Vec<Arc<Message>> = loaded
+                    .queue
+                    .iter()
+                    .map(|(_, e)| Arc::clone(&e.message))
+                    .collect();
+                let (session, queued, _) = self.install(loaded);
+                let caught = capture
+                    .map(|c| self.merge_capture(&session, &tail, c))
+                    .unwrap_or(0);
+                info!(client_id = %client_id, queued, caught_in_move = caught, "session loaded from the shared store");
             }
         }
+        drop(captures);
+        if !captured.is_empty() {
+            self.capturing.fetch_sub(1, Ordering::AcqRel);
+            for (filter, _) in &captured {
+                self.count_interest(filter, false);
+            }
+        }
+    }
+
+    /// Queues what was captured while the session moved, after what its old node stored. The
+    /// two overlap: the old node stored the messages that reached it until it let go, and this
+    /// node captured from the moment it listened. Both saw the bus in the same order (one
+    /// Redis), so the overlap is the longest tail of the loaded queue that equals the start of
+    /// the capture. Returns how many messages were queued from the capture.
+    fn merge_capture(&self, session: &Session, loaded: &[Arc<Message>], capture: Capture) -> usize {
+        let queue_qos0 = self.settings.queue.queue_qos0;
+        // What the old node would have queued: deliveries above QoS 0 (QoS 0 too if queued).
+        let deliveries: Vec<(Arc<Message>, QoS)> = capture
+            .messages
+            .into_iter()
+            .filter_map(|m| {
+                let qos = capture
+                    .filters
+                    .iter()
+                    .filter(|(f, _)| pigeon_codec::topic::matches(f, &m.topic))
+                    .map(|(_, q)| m.qos.min(*q))
+                    .max()?;
+                (qos != QoS::AtMostOnce || queue_qos0).then_some((m, qos))
+            })
+            .collect();
+        let same = |a: &Message, b: &Message| {
+            a.topic == b.topic && a.payload == b.payload && a.qos == b.qos
+        };
+        let longest = loaded.len().min(deliveries.len());
+        let overlap = (1..=longest)
+            .rev()
+            .find(|&k| {
+                loaded[loaded.len() - k..]
+                    .iter()
+                    .zip(&deliveries[..k])
+                    .all(|(a, (b, _))| same(a, b))
+            })
+            .unwrap_or(0);
+        let mut queued = 0;
+        for (message, qos) in deliveries.into_iter().skip(overlap) {
+            let delivery = Delivery {
+                qos,
+                retain: false,
+                subscription_ids: Vec::new(),
+                message,
+                seq: 0,
+            };
+            self.enqueue(session, delivery);
+            queued += 1;
+        }
+        queued
     }
 
     /// A session this node took over from a node that died: registered as an offline session
@@ -1052,7 +1171,23 @@ impl Broker {
                 })
             };
         }
-        let mut outcome = self.route_matches(message, true, groups);
+        let mut outcome = if self.capturing.load(Ordering::Acquire) > 0 {
+            // A session is moving here: it is captured and routed as one step, so the merge
+            // (under the same lock) sees each message either in the capture or in the queue.
+            let mut captures = lock(&self.captures);
+            for capture in captures.values_mut() {
+                let wanted = capture
+                    .filters
+                    .iter()
+                    .any(|(f, _)| pigeon_codec::topic::matches(f, &message.topic));
+                if wanted && capture.messages.len() < CAPTURE_MAX {
+                    capture.messages.push(Arc::clone(message));
+                }
+            }
+            self.route_matches(message, true, groups)
+        } else {
+            self.route_matches(message, true, groups)
+        };
         outcome.wait_for = outcome.wait_for.max(wait_for);
         outcome
     }

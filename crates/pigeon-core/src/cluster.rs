@@ -28,6 +28,10 @@ pub trait ClusterBus: Send + Sync + 'static {
     /// A client connected here: a node that holds a connection with this id must close it.
     fn client_connected(&self, client_id: &ByteStr);
 
+    /// Resolves once every `interest` change made before the call is in effect on the bus (so
+    /// messages published from then on reach this node), or at once if the bus is down.
+    fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
     /// Whether the bus is up now. While it is, shared subscriptions are served cluster-wide
     /// through the bus (one member per message across nodes); while it is not, each node serves
     /// its own members.
@@ -47,6 +51,11 @@ pub trait SharedSessions: Send + Sync + 'static {
     fn claim(&self, client_id: &ByteStr) -> Result<Option<String>, StoreError>;
     /// Gives the session up, if this node still owns it.
     fn release(&self, client_id: &ByteStr) -> Result<(), StoreError>;
+    /// The subscriptions stored for a session (what to listen for while it moves here).
+    fn subscriptions(
+        &self,
+        client_id: &ByteStr,
+    ) -> Result<Vec<(ByteStr, pigeon_codec::SubscriptionOptions, Option<u32>)>, StoreError>;
     /// Everything stored of one session.
     fn load_session(&self, client_id: &ByteStr) -> Result<Option<LoadedSession>, StoreError>;
 }

@@ -40,6 +40,9 @@ impl ClusterBus for RecordingBus {
     fn connected(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
+    fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async {})
+    }
 }
 
 fn message(topic: &str, retain: bool) -> Arc<Message> {

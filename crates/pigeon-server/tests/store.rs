@@ -230,10 +230,11 @@ async fn store_size_levels_off_under_session_churn() {
     }
     let peak_early = sizes[..3].iter().max().copied().expect("three cycles");
     let late = sizes[3..].iter().max().copied().expect("three cycles");
-    // A cycle writes about 200 KB of messages, so a store that kept them would pass 2 MB by
-    // the last cycle; redb's page reuse varies with commit timing by some 10-20 %.
+    // A cycle writes about 200 KB of messages, so a store that kept them would pass 2 MB by the
+    // last cycle. One that reuses its pages stays near one cycle's worth: measured 0.35-1.13 MB
+    // per cycle, without trend (redb's page reuse varies with commit timing).
     assert!(
-        late <= peak_early + peak_early / 4,
+        late <= (peak_early + peak_early / 2).max(1_500_000),
         "store keeps growing under churn: {sizes:?}"
     );
     eprintln!("store file size per cycle: {sizes:?}");

@@ -78,6 +78,8 @@ struct Outgoing {
 enum Interest {
     Add(String),
     Remove(String),
+    /// Answered once the changes before it are in effect in Redis.
+    Settled(tokio::sync::oneshot::Sender<()>),
 }
 
 pub struct RedisBus {
@@ -321,9 +323,15 @@ impl RedisBus {
                         None => break,
                     },
                     change = interest_rx.recv() => match change {
+                        Some(Interest::Settled(done)) => {
+                            // Redis answered every (P)SUBSCRIBE before this one.
+                            let _ = done.send(());
+                        }
                         Some(change) => {
                             let (channel, add) = match &change {
-                                Interest::Add(f) | Interest::Remove(f) => (channel_for(f), matches!(change, Interest::Add(_))),
+                                Interest::Add(f) => (channel_for(f), true),
+                                Interest::Remove(f) => (channel_for(f), false),
+                                Interest::Settled(_) => unreachable!("answered above"),
                             };
                             if apply_interest(&mut channels, change)
                                 && !self.settings.subscribe_all
@@ -550,6 +558,15 @@ impl ClusterBus for RedisBus {
     fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+
+    fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        let _ = self.interest.send(Interest::Settled(done));
+        Box::pin(async move {
+            // Bounded: a bus that is reconnecting answers when it is back, or not at all.
+            let _ = tokio::time::timeout(Duration::from_secs(2), settled).await;
+        })
+    }
 }
 
 /// Whether a Pigeon node accepted the message (its broker id carries the mark).
@@ -569,6 +586,11 @@ fn apply_interest(channels: &mut HashMap<String, (Channel, u32)>, change: Intere
                 .or_insert((channel, 0));
             entry.1 += 1;
             entry.1 == 1
+        }
+        Interest::Settled(done) => {
+            // Not connected: nothing to wait for.
+            let _ = done.send(());
+            false
         }
         Interest::Remove(filter) => {
             let name = channel_for(&filter).name().to_owned();

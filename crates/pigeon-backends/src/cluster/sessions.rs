@@ -101,6 +101,13 @@ impl SharedSessions for RedisSessions {
         self.store.release(client_id, &self.me).map(|_| ())
     }
 
+    fn subscriptions(
+        &self,
+        client_id: &ByteStr,
+    ) -> Result<Vec<(ByteStr, pigeon_codec::SubscriptionOptions, Option<u32>)>, StoreError> {
+        self.store.subscriptions(client_id)
+    }
+
     fn load_session(&self, client_id: &ByteStr) -> Result<Option<LoadedSession>, StoreError> {
         self.store.load_session(client_id)
     }
