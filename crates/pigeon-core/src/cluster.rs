@@ -28,6 +28,13 @@ pub trait ClusterBus: Send + Sync + 'static {
     /// A client connected here: a node that holds a connection with this id must close it.
     fn client_connected(&self, client_id: &ByteStr);
 
+    /// While the bus is up and behind (many messages wait for Redis): a future that resolves
+    /// when it has caught up. A publisher awaits it (bounded) before reading on, so the bus sets
+    /// the pace rather than dropping. `None` when there is nothing to wait for.
+    fn backlog(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        None
+    }
+
     /// Resolves once every `interest` change made before the call is in effect on the bus (so
     /// messages published from then on reach this node), or at once if the bus is down.
     fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

@@ -44,6 +44,8 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// holds its read buffer while it waits, costs little.
 const READ_MIN: usize = 1024;
 const READ_MAX: usize = 64 * 1024;
+/// How long a publisher waits at most for a cluster bus that is behind.
+const BUS_WAIT: Duration = Duration::from_secs(5);
 /// How long a closing connection may spend flushing its last packets.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a publisher stops reading for one subscriber's queue to drain (see
@@ -720,6 +722,10 @@ where
                 Packet::Publish(p) => self.on_publish(p).await?,
                 other => self.handle(other).await?,
             }
+            // One unit of tokio's cooperative budget per packet: a publisher whose socket always
+            // has data yields its worker every 128 packets, not every 128 reads (up to 64 KiB
+            // each), so the tasks that drain subscribers and the cluster bus are not starved.
+            tokio::task::consume_budget().await;
         }
         Ok(())
     }
@@ -927,8 +933,16 @@ where
             if outcome.quota_exceeded.full && self.protocol.is_v5() {
                 // Some subscriber's queue (or the store) was full: say so where the protocol can.
                 reason = ReasonCode::QUOTA_EXCEEDED;
-            } else if outcome.routed == 0 && self.protocol.is_v5() {
+            } else if outcome.routed == 0
+                && self.protocol.is_v5()
+                && self.broker.cluster().is_none()
+            {
+                // (In a cluster, subscribers on other nodes are not known here.)
                 reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+            }
+            if let Some(caught_up) = self.broker.cluster().and_then(|bus| bus.backlog()) {
+                // The cluster bus is behind: stop reading this publisher until it catches up.
+                let _ = tokio::time::timeout(BUS_WAIT, caught_up).await;
             }
         }
         match qos {

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use pigeon_codec::ByteStr;
 use pigeon_core::{Broker, ClusterBus, Message};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -30,6 +30,11 @@ use tracing::{debug, info, warn};
 
 /// Messages sent to Redis in one pipeline at most.
 const BATCH: usize = 512;
+/// While Redis is up and more than this many messages wait for it, publishers wait (bounded)
+/// until fewer than `BACKLOG_LOW` do: the bus sets the pace, as the subscribers' queues do
+/// locally, instead of the outbox overflowing.
+const BACKLOG_HIGH: usize = 16 * BATCH;
+const BACKLOG_LOW: usize = 4 * BATCH;
 /// Reconnect delays grow from the first to the last.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -69,6 +74,40 @@ pub struct BusSettings {
     pub subscribe_all: bool,
 }
 
+/// How full the outbox is, shared with the publishers that wait for it to drain.
+#[derive(Default)]
+struct Backlog {
+    len: AtomicUsize,
+    up: AtomicBool,
+    drained: Notify,
+}
+
+impl Backlog {
+    fn set_len(&self, len: usize) {
+        let was = self.len.swap(len, Ordering::Relaxed);
+        if len < BACKLOG_LOW && was >= BACKLOG_LOW {
+            self.drained.notify_waiters();
+        }
+    }
+
+    fn high(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && self.len.load(Ordering::Relaxed) > BACKLOG_HIGH
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a drain between the check and the await wakes us.
+            notified.as_mut().enable();
+            if !self.up.load(Ordering::Relaxed) || self.len.load(Ordering::Relaxed) < BACKLOG_LOW {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// One encoded message waiting for Redis.
 struct Outgoing {
     channel: Bytes,
@@ -88,6 +127,7 @@ pub struct RedisBus {
     counter: AtomicU64,
     outbox: Mutex<VecDeque<Outgoing>>,
     outbox_ready: Notify,
+    backlog: Arc<Backlog>,
     interest: mpsc::UnboundedSender<Interest>,
     connected: AtomicBool,
     broker: Weak<Broker>,
@@ -112,6 +152,7 @@ impl RedisBus {
             counter: AtomicU64::new(0),
             outbox: Mutex::new(VecDeque::new()),
             outbox_ready: Notify::new(),
+            backlog: Arc::new(Backlog::default()),
             interest: interest_tx,
             connected: AtomicBool::new(false),
             broker: Arc::downgrade(broker),
@@ -145,12 +186,14 @@ impl RedisBus {
         let dropped = {
             let mut outbox = lock(&self.outbox);
             outbox.push_back(Outgoing { channel, body });
-            if outbox.len() > self.settings.outbox_messages {
+            let dropped = if outbox.len() > self.settings.outbox_messages {
                 outbox.pop_front();
                 true
             } else {
                 false
-            }
+            };
+            self.backlog.len.store(outbox.len(), Ordering::Relaxed);
+            dropped
         };
         if dropped {
             if let Some(broker) = self.stats() {
@@ -213,7 +256,9 @@ impl RedisBus {
                 let batch: Vec<Outgoing> = {
                     let mut outbox = lock(&self.outbox);
                     let n = outbox.len().min(BATCH);
-                    outbox.drain(..n).collect()
+                    let batch = outbox.drain(..n).collect();
+                    self.backlog.set_len(outbox.len());
+                    batch
                 };
                 if batch.is_empty() {
                     if self.broker.strong_count() == 0 {
@@ -249,6 +294,7 @@ impl RedisBus {
                         while outbox.len() > self.settings.outbox_messages {
                             outbox.pop_front();
                         }
+                        self.backlog.len.store(outbox.len(), Ordering::Relaxed);
                         break;
                     }
                 }
@@ -307,6 +353,7 @@ impl RedisBus {
             backoff = BACKOFF_MIN;
             was_connected = true;
             self.connected.store(true, Ordering::Relaxed);
+            self.backlog.up.store(true, Ordering::Relaxed);
             if let Some(broker) = self.stats() {
                 broker.stats.bus_connected.store(1, Ordering::Relaxed);
                 broker.stats.bus_connects.fetch_add(1, Ordering::Relaxed);
@@ -345,6 +392,9 @@ impl RedisBus {
                 }
             }
             self.connected.store(false, Ordering::Relaxed);
+            // Nobody waits for a bus that is down: local delivery goes on.
+            self.backlog.up.store(false, Ordering::Relaxed);
+            self.backlog.drained.notify_waiters();
             if let Some(broker) = self.stats() {
                 broker.stats.bus_connected.store(0, Ordering::Relaxed);
             }
@@ -557,6 +607,14 @@ impl ClusterBus for RedisBus {
 
     fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    fn backlog(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        if !self.backlog.high() {
+            return None;
+        }
+        let backlog = Arc::clone(&self.backlog);
+        Some(Box::pin(async move { backlog.wait().await }))
     }
 
     fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
