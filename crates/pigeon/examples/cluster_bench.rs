@@ -271,6 +271,9 @@ impl RedisStats {
 
 // ---------------------------------------------------------------- nodes
 
+/// One run's named figures.
+type Figures = Vec<(&'static str, f64)>;
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
     Pigeon,
@@ -964,7 +967,7 @@ fn main() {
             p.window
         );
 
-        let mut results: HashMap<(u8, Kind), Vec<Vec<(&'static str, f64)>>> = HashMap::new();
+        let mut results: HashMap<(u8, Kind), Vec<Figures>> = HashMap::new();
         for round in 1..=rounds {
             for &qos in &qos_list {
                 for &kind in &kinds {
