@@ -121,14 +121,40 @@ enum Groups<'a> {
 }
 
 /// What routing one message did.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PublishOutcome {
     /// Sessions it was queued for.
     pub routed: usize,
-    /// A session's queue (or the store) was full, so some subscriber will not get the message.
-    pub quota_exceeded: bool,
+    /// What the targets' queues said: full (`.full`) and congested (`.backpressure`).
+    pub quota_exceeded: QueueReport,
     /// The store op the publisher's acknowledgement must wait for (0: none).
     pub wait_for: u64,
+}
+
+/// The queues' side of routing one message, folded over the targets with `|=`.
+#[derive(Debug, Clone, Default)]
+pub struct QueueReport {
+    /// A session's queue (or the store) was full, so some subscriber will not get the message.
+    pub full: bool,
+    /// A connected target whose queue is above its high-water mark: the publisher should stop
+    /// reading until it drains (the first one found; a publisher that waits on it meets any
+    /// other at its next message). It may be the publisher's own session.
+    pub backpressure: Option<crate::session::Backpressure>,
+}
+
+impl std::ops::BitOrAssign for QueueReport {
+    fn bitor_assign(&mut self, other: QueueReport) {
+        self.full |= other.full;
+        if self.backpressure.is_none() {
+            self.backpressure = other.backpressure;
+        }
+    }
+}
+
+impl std::ops::BitOrAssign<bool> for QueueReport {
+    fn bitor_assign(&mut self, full: bool) {
+        self.full |= full;
+    }
 }
 
 /// The outcome of a subscribe, for one filter.
@@ -1224,10 +1250,10 @@ impl Broker {
         outcome
     }
 
-    /// Queues a delivery; returns the number of the store op that holds it (0: none) and whether
-    /// it was dropped for want of room.
-    fn enqueue(&self, session: &Session, delivery: Delivery) -> (u64, bool) {
-        let (outcome, written) =
+    /// Queues a delivery; returns the number of the store op that holds it (0: none), whether it
+    /// was dropped for want of room, and the target's backpressure if its queue is high.
+    fn enqueue(&self, session: &Session, delivery: Delivery) -> (u64, QueueReport) {
+        let (outcome, written, backpressure) =
             session.enqueue(delivery, &self.settings.queue, self.store.as_deref());
         let full = match outcome {
             Enqueued::Queued => false,
@@ -1249,7 +1275,7 @@ impl Broker {
                 false
             }
         };
-        (written, full)
+        (written, QueueReport { full, backpressure })
     }
 
     /// Adds or replaces one subscription of `session`, then queues the retained messages its

@@ -30,6 +30,79 @@ pub struct QueueLimits {
     pub queue_qos0: bool,
 }
 
+impl QueueLimits {
+    /// Publishers pause at three quarters of the limits, which leaves a quarter for what the
+    /// publishers already routed before they noticed.
+    fn high_water(&self) -> (usize, usize) {
+        (
+            self.max_messages - self.max_messages / 4,
+            self.max_bytes - self.max_bytes / 4,
+        )
+    }
+
+    /// They resume at half: between the marks the subscriber has a batch to work on and the
+    /// publishers a batch of room, so neither side wakes for every message.
+    fn low_water(&self) -> (usize, usize) {
+        (self.max_messages / 2, self.max_bytes / 2)
+    }
+}
+
+/// Publishers held back by one session's queue. Made when the queue first passes its high-water
+/// mark, so a session that never fills up carries only an empty pointer for it.
+#[derive(Debug)]
+struct Pressure {
+    /// Wakes the waiting publishers when `high` is cleared.
+    drained: Notify,
+    /// The queue passed the high-water mark while the client was connected and has not yet come
+    /// back under the low-water mark. Set and cleared under the session lock; read without it.
+    high: AtomicBool,
+    /// A publisher waited its whole bound and the queue stayed high (the subscriber is stuck):
+    /// until it drains, publishers do not wait for it, and what overflows is dropped and counted.
+    stalled: AtomicBool,
+    /// Low-water mark: messages, bytes.
+    low: (usize, usize),
+}
+
+impl Pressure {
+    /// Clears `high` (and `stalled` with it) and wakes the waiters. Called on every pop while
+    /// the pressure exists, so the common case is one load.
+    fn release(&self) {
+        if self.high.load(Ordering::Relaxed) && self.high.swap(false, Ordering::AcqRel) {
+            self.stalled.store(false, Ordering::Relaxed);
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+/// A congested session's handle, given to the publisher that found it so: wait on it, bounded.
+#[derive(Debug, Clone)]
+pub struct Backpressure(Arc<Pressure>);
+
+impl Backpressure {
+    /// Resolves when the queue is back under its low-water mark or its client disconnected.
+    /// Waits on no lock.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.0.drained.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a release between the check and the await wakes us.
+            notified.as_mut().enable();
+            if !self.0.high.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The wait timed out with the queue still high: the subscriber is taken to be stuck, and
+    /// nobody waits for it again until its queue drains.
+    pub fn stalled(&self) {
+        if self.0.high.load(Ordering::Acquire) {
+            self.0.stalled.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What `Session::enqueue` did with a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -90,6 +163,8 @@ pub struct SessionState {
     pub next_seq: u64,
     /// The store holds a record of this session (so ending it must delete that record).
     pub stored: bool,
+    /// Publishers waiting for this queue to drain; made the first time it passes high water.
+    pressure: Option<Arc<Pressure>>,
 }
 
 #[derive(Debug)]
@@ -121,6 +196,7 @@ impl Session {
                 dropped: 0,
                 next_seq: 1,
                 stored: false,
+                pressure: None,
             }),
             notify: Notify::new(),
         }
@@ -140,6 +216,20 @@ impl Session {
 
     pub(crate) fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Release);
+        if !connected {
+            // Nobody waits on an offline session: its queue drains only when a client returns.
+            if let Some(p) = &self.lock().pressure {
+                p.release();
+            }
+        }
+    }
+
+    /// Whether publishers are being held back by this session's queue.
+    pub fn is_congested(&self) -> bool {
+        self.lock()
+            .pressure
+            .as_ref()
+            .is_some_and(|p| p.high.load(Ordering::Acquire))
     }
 
     /// Locks the state. Never hold the guard across an `.await`.
@@ -159,16 +249,17 @@ impl Session {
     /// a QoS 1/2 newcomer evicts the oldest queued QoS 0 message, or is dropped if there is none
     /// (the same outcome mosquitto's `max_queued_messages` gives, with QoS 0 sacrificed first).
     /// With a store, a delivery to a session that outlives its connection is written too, and the
-    /// number of that write is returned with the outcome (0 when nothing was written).
+    /// number of that write is returned with the outcome (0 when nothing was written), and the
+    /// session's `Backpressure` when its client is connected and the queue is above high water.
     pub fn enqueue(
         &self,
         mut delivery: Delivery,
         limits: &QueueLimits,
         store: Option<&Persistence>,
-    ) -> (Enqueued, u64) {
+    ) -> (Enqueued, u64, Option<Backpressure>) {
         if delivery.qos == QoS::AtMostOnce && !limits.queue_qos0 && !self.is_connected() {
             self.lock().dropped += 1;
-            return (Enqueued::DroppedOffline, 0);
+            return (Enqueued::DroppedOffline, 0, None);
         }
         let weight = delivery.message.weight();
         let mut state = self.lock();
@@ -183,7 +274,8 @@ impl Session {
             };
             let Some(pos) = evictable else {
                 state.dropped += 1;
-                return (Enqueued::DroppedFull, 0);
+                let pressure = self.congestion(&mut state, limits);
+                return (Enqueued::DroppedFull, 0, pressure);
             };
             let evicted = state.queue.remove(pos).expect("position found above");
             state.queued_bytes -= evicted.message.weight();
@@ -202,7 +294,7 @@ impl Session {
         if let Some(store) = store.filter(|_| durable && state.expiry_interval > 0) {
             if !store.reserve(weight) {
                 state.dropped += 1;
-                return (Enqueued::DroppedStoreFull, 0);
+                return (Enqueued::DroppedStoreFull, 0, None);
             }
             delivery.seq = state.next_seq;
             state.next_seq += 1;
@@ -222,19 +314,48 @@ impl Session {
         let was_empty = state.queue.is_empty();
         state.queue.push_back(delivery);
         state.queued_bytes += weight;
+        let pressure = self.congestion(&mut state, limits);
         drop(state);
         if was_empty {
             self.notify.notify_one();
         }
-        (outcome, written)
+        (outcome, written, pressure)
+    }
+
+    /// Marks the queue high when it is at or above high water with its client connected, and
+    /// returns the handle a publisher waits on, unless the subscriber is taken to be stuck.
+    fn congestion(&self, state: &mut SessionState, limits: &QueueLimits) -> Option<Backpressure> {
+        let (messages, bytes) = limits.high_water();
+        if (state.queue.len() < messages && state.queued_bytes < bytes) || !self.is_connected() {
+            return None;
+        }
+        let pressure = state.pressure.get_or_insert_with(|| {
+            Arc::new(Pressure {
+                drained: Notify::new(),
+                high: AtomicBool::new(false),
+                stalled: AtomicBool::new(false),
+                low: limits.low_water(),
+            })
+        });
+        pressure.high.store(true, Ordering::Release);
+        if pressure.stalled.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Backpressure(Arc::clone(pressure)))
     }
 }
 
 impl SessionState {
     /// Takes the next waiting delivery, keeping the byte count right.
+    /// Publishers held back by this queue are released once it is under its low-water mark.
     pub fn pop_queued(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.message.weight();
+        if let Some(p) = &self.pressure {
+            if self.queue.len() <= p.low.0 && self.queued_bytes <= p.low.1 {
+                p.release();
+            }
+        }
         Some(d)
     }
 
@@ -261,5 +382,90 @@ impl SessionState {
 
     pub fn inflight_mut(&mut self, packet_id: u16) -> Option<&mut Outgoing> {
         self.inflight.iter_mut().find(|o| o.packet_id == packet_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 8,
+        max_bytes: 1 << 20,
+        queue_qos0: false,
+    };
+
+    fn delivery() -> Delivery {
+        let message = Message::new(
+            ByteStr::from("t"),
+            Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+            Default::default(),
+            None,
+        );
+        Delivery {
+            message: Arc::new(message),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    async fn drained_within(pressure: &Backpressure, ms: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(ms), pressure.drained())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn publishers_are_held_from_high_water_to_low_water() {
+        let session = Session::new(1, ByteStr::from("c"), 0);
+        session.set_connected(true);
+        // High water of 8 is 6: the sixth message hands out the pressure.
+        for _ in 0..5 {
+            assert!(session.enqueue(delivery(), &LIMITS, None).2.is_none());
+        }
+        let pressure = session
+            .enqueue(delivery(), &LIMITS, None)
+            .2
+            .expect("at high water");
+        assert!(session.is_congested());
+        assert!(!drained_within(&pressure, 10).await);
+        // Low water is 4: two pops release it.
+        session.lock().pop_queued();
+        assert!(!drained_within(&pressure, 10).await);
+        session.lock().pop_queued();
+        assert!(drained_within(&pressure, 10).await);
+        assert!(!session.is_congested());
+    }
+
+    #[tokio::test]
+    async fn a_stuck_subscriber_hands_out_no_pressure_until_it_drains_and_offline_none() {
+        let session = Session::new(1, ByteStr::from("c"), 0);
+        session.set_connected(true);
+        let mut pressure = None;
+        for _ in 0..6 {
+            pressure = session.enqueue(delivery(), &LIMITS, None).2;
+        }
+        pressure.expect("at high water").stalled();
+        assert!(session.enqueue(delivery(), &LIMITS, None).2.is_none());
+        while session.lock().queue.len() > 4 {
+            session.lock().pop_queued();
+        }
+        for _ in 0..2 {
+            session.enqueue(delivery(), &LIMITS, None);
+        }
+        let pressure = session
+            .enqueue(delivery(), &LIMITS, None)
+            .2
+            .expect("drained, so again");
+        // A disconnect releases the waiters, and an offline session hands out none.
+        session.set_connected(false);
+        assert!(drained_within(&pressure, 10).await);
+        assert!(session.enqueue(delivery(), &LIMITS, None).2.is_none());
     }
 }

@@ -12,11 +12,13 @@
 //! - `traffic`: publishers and subscribers, shared by `fanin`, `fanout` and `p2p`.
 //! - `conns`: idle connections, connect rate, broker memory per connection.
 //! - `histogram`: log-linear latency histogram.
+//! - `relay`: a relay with no routing, served on `--addr`: the ceiling for `fanin` and `fanout`.
 //! - `report`: the JSON line.
 
 mod client;
 mod conns;
 mod histogram;
+mod relay;
 mod report;
 mod timeline;
 mod traffic;
@@ -53,6 +55,8 @@ pub(crate) enum Scenario {
     P2p,
     /// `--connections` idle connections: connect rate, and broker RSS per connection with `--pid`.
     Conns,
+    /// Serve a relay with no routing on `--addr` until killed: the ceiling for fanin and fanout.
+    Relay,
 }
 
 /// Options of `pigeon bench`. Options a scenario does not use are ignored.
@@ -128,6 +132,7 @@ pub(crate) struct Settings {
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let settings = settings(&args).await?;
     match args.scenario {
+        Scenario::Relay => relay::run(settings.client.addr).await,
         Scenario::Conns => conns::run(&args, &settings).await,
         Scenario::Fanin | Scenario::Fanout | Scenario::P2p => {
             traffic_scenario(&args, &settings).await
@@ -218,7 +223,7 @@ async fn traffic_scenario(args: &BenchArgs, settings: &Settings) -> anyhow::Resu
             };
             (plan, args.pairs, args.pairs)
         }
-        Scenario::Conns => unreachable!("conns is not a traffic scenario"),
+        Scenario::Conns | Scenario::Relay => unreachable!("not a traffic scenario"),
     };
     if publishers == 0 || subscribers == 0 {
         bail!(
@@ -270,6 +275,11 @@ async fn traffic_scenario(args: &BenchArgs, settings: &Settings) -> anyhow::Resu
             "received_per_s",
             per_s(outcome.received, outcome.recv_secs),
             1,
+        )
+        .float(
+            "arrived_per_s",
+            per_s(outcome.arrived, outcome.window_secs),
+            1,
         );
     if let Some(h) = &outcome.latency {
         let us = |q: f64| h.quantile(q).map(|ns| ns as f64 / 1000.0);
@@ -288,6 +298,7 @@ fn scenario_name(scenario: Scenario) -> &'static str {
         Scenario::Fanout => "fanout",
         Scenario::P2p => "p2p",
         Scenario::Conns => "conns",
+        Scenario::Relay => "relay",
     }
 }
 

@@ -64,6 +64,12 @@ pub(crate) struct Outcome {
     /// From the first to the last window message received, over all subscribers.
     pub(crate) recv_secs: f64,
     pub(crate) latency: Option<Histogram>,
+    /// Deliveries of any message (window or warmup) that arrived during the window: the
+    /// delivery rate of a broker that neither drops nor slows publishers but falls behind, whose
+    /// subscribers may still be receiving warmup messages when the window ends.
+    pub(crate) arrived: u64,
+    /// The window's length in seconds.
+    pub(crate) window_secs: f64,
     /// Connections that failed during the run (each also reported on stderr).
     pub(crate) errors: u64,
 }
@@ -164,6 +170,7 @@ pub(crate) async fn run(plan: Plan, settings: &Settings) -> anyhow::Result<Outco
     for task in sub_tasks {
         let (stats, err) = task.await.context("a subscriber task panicked")?;
         outcome.received += stats.received;
+        outcome.arrived += stats.arrived;
         first_rx = first_rx.min(stats.first_rx);
         last_rx = last_rx.max(stats.last_rx);
         if let (Some(all), Some(mine)) = (latency.as_mut(), stats.latency.as_ref()) {
@@ -180,6 +187,7 @@ pub(crate) async fn run(plan: Plan, settings: &Settings) -> anyhow::Result<Outco
         0.0
     };
     outcome.latency = latency;
+    outcome.window_secs = (timeline.window_end - timeline.window_start) as f64 / 1e9;
     Ok(outcome)
 }
 
@@ -392,6 +400,8 @@ struct SubStats {
     first_rx: u64,
     last_rx: u64,
     latency: Option<Histogram>,
+    /// Messages of any stamp that arrived during the window.
+    arrived: u64,
 }
 
 impl SubStats {
@@ -401,6 +411,7 @@ impl SubStats {
             first_rx: u64::MAX,
             last_rx: 0,
             latency: latency.then(Histogram::default),
+            arrived: 0,
         }
     }
 }
@@ -438,10 +449,12 @@ impl Subscriber {
             }
             // One clock read per read batch: the packets in it arrived together.
             let now = tl.now();
+            let arrived_in_window = tl.in_window(now);
             let mut batch = 0;
             while let Some(packet) = client.try_decode()? {
                 match packet {
                     Packet::Publish(publish) => {
+                        self.stats.arrived += u64::from(arrived_in_window);
                         if let Some(stamp) =
                             read_stamp(&publish.payload).filter(|&s| tl.in_window(s))
                         {
