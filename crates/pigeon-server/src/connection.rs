@@ -725,7 +725,7 @@ where
                     self.paused = None;
                     // The time spent not reading is not held against the client's keep alive.
                     self.last_received = Instant::now();
-                    if let Err(close) = self.handle_input().await {
+                    if let Err(close) = self.handle_read().await {
                         return close;
                     }
                 }
