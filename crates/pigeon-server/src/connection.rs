@@ -1497,11 +1497,16 @@ fn topic_levels(topic: &str) -> usize {
 
 /// Resolves with true when the queue a paused connection waits for has drained, with false
 /// when the wait's deadline passed first; never when not paused.
+///
+/// The wait is boxed, allocated only while paused: its timer and waiter would otherwise be room
+/// in every connection's task, idle ones included.
 async fn drained(paused: Option<&(Backpressure, Instant)>) -> bool {
     match paused {
-        Some((pressure, deadline)) => tokio::time::timeout_at(*deadline, pressure.drained())
-            .await
-            .is_ok(),
+        Some((pressure, deadline)) => {
+            Box::pin(tokio::time::timeout_at(*deadline, pressure.drained()))
+                .await
+                .is_ok()
+        }
         None => std::future::pending().await,
     }
 }
