@@ -31,7 +31,7 @@ pub use auth::{
 pub use broker::{
     Broker, BrokerSettings, ConnectionHandle, Control, Departure, PublishOutcome, SubscribeResult,
 };
-pub use cluster::{ClusterBus, SharedSessions};
+pub use cluster::{BusBacklog, ClusterBus, SharedSessions};
 pub use hooks::{Disconnection, HookList, Hooks, SubscriptionRequest};
 pub use message::{Delivery, Message};
 pub use session::{Enqueued, OutStage, Outgoing, QueueLimits, Session, SessionId, NEVER_EXPIRES};
