@@ -15,6 +15,23 @@ use crate::store::{LoadedSession, StoreError};
 use pigeon_codec::ByteStr;
 use std::sync::Arc;
 
+/// A bus that is behind, as a publisher's connection holds it: `caught_up` resolves when the
+/// bus has caught up (or went down: nobody waits for a bus that is down).
+#[derive(Clone)]
+pub struct BusBacklog(Arc<dyn Fn() -> BoxFuture + Send + Sync>);
+
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl BusBacklog {
+    pub fn new(caught_up: impl Fn() -> BoxFuture + Send + Sync + 'static) -> BusBacklog {
+        BusBacklog(Arc::new(caught_up))
+    }
+
+    pub async fn caught_up(&self) {
+        (self.0)().await
+    }
+}
+
 /// The other nodes, as the broker sees them.
 pub trait ClusterBus: Send + Sync + 'static {
     /// A message accepted on this node (from a client, a will, or the embedding program): send it
@@ -28,10 +45,10 @@ pub trait ClusterBus: Send + Sync + 'static {
     /// A client connected here: a node that holds a connection with this id must close it.
     fn client_connected(&self, client_id: &ByteStr);
 
-    /// While the bus is up and behind (many messages wait for Redis): a future that resolves
-    /// when it has caught up. A publisher awaits it (bounded) before reading on, so the bus sets
-    /// the pace rather than dropping. `None` when there is nothing to wait for.
-    fn backlog(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    /// While the bus is up and behind (many messages wait for Redis): a handle a publisher
+    /// waits on (bounded) before reading on, so the bus sets the pace rather than dropping.
+    /// `None` when there is nothing to wait for.
+    fn backlog(&self) -> Option<BusBacklog> {
         None
     }
 

@@ -33,7 +33,7 @@ pub use auth::{
 pub use broker::{
     Broker, BrokerSettings, ConnectionHandle, Departure, PublishOutcome, SubscribeResult,
 };
-pub use cluster::{ClusterBus, SharedSessions};
+pub use cluster::{BusBacklog, ClusterBus, SharedSessions};
 pub use control::{control_channel, Control, ControlReceiver, ControlSender};
 pub use hooks::{Disconnection, HookList, Hooks, SubscriptionRequest};
 pub use message::{Delivery, Message};

@@ -22,8 +22,8 @@ use pigeon_core::hooks::{Disconnection, HookList, SubscriptionRequest};
 use pigeon_core::session::Backpressure;
 use pigeon_core::store::{QueueEntry, StoreOp};
 use pigeon_core::{
-    control_channel, Broker, ConnectionHandle, Control, ControlReceiver, Departure, Message,
-    OutStage, Outgoing, Session, NEVER_EXPIRES,
+    control_channel, Broker, BusBacklog, ConnectionHandle, Control, ControlReceiver, Departure,
+    Message, OutStage, Outgoing, Session, NEVER_EXPIRES,
 };
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -47,8 +47,6 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// holds its read buffer while it waits, costs little.
 const READ_MIN: usize = 1024;
 const READ_MAX: usize = 64 * 1024;
-/// How long a publisher waits at most for a cluster bus that is behind.
-const BUS_WAIT: Duration = Duration::from_secs(5);
 /// How long a closing connection may spend flushing its last packets.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a publisher stops reading for one subscriber's queue to drain (see
@@ -371,7 +369,16 @@ struct Client<'a, S> {
     /// messages and shutdown go on meanwhile. QoS 0 publishers wait too: reading them at full
     /// speed only to drop most of what they send starves the subscriber's connection of CPU,
     /// and the bound keeps one stuck subscriber from holding them up for longer than once.
-    paused: Option<(Backpressure, Instant)>,
+    paused: Option<(Hold, Instant)>,
+}
+
+/// What a paused connection waits for.
+#[derive(Clone)]
+enum Hold {
+    /// A subscriber's queue to drain.
+    Queue(Backpressure),
+    /// The cluster bus to catch up with Redis.
+    Bus(BusBacklog),
 }
 
 async fn run_client<S>(
@@ -717,7 +724,7 @@ where
                 },
                 drained = drained(paused.as_ref()), if paused.is_some() => {
                     if !drained {
-                        if let Some((pressure, _)) = &self.paused {
+                        if let Some((Hold::Queue(pressure), _)) = &self.paused {
                             pressure.stalled();
                         }
                         debug!(wait_ms = PUBLISHER_WAIT.as_millis() as u64, "a subscriber's queue did not drain in time; reading again");
@@ -1016,9 +1023,12 @@ where
                 // (In a cluster, subscribers on other nodes are not known here.)
                 reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }
-            if let Some(caught_up) = self.broker.cluster().and_then(|bus| bus.backlog()) {
-                // The cluster bus is behind: stop reading this publisher until it catches up.
-                let _ = tokio::time::timeout(BUS_WAIT, caught_up).await;
+            if self.paused.is_none() {
+                if let Some(backlog) = self.broker.cluster().and_then(|bus| bus.backlog()) {
+                    // The cluster bus is behind: read no more of this publisher until it
+                    // catches up (writing and the rest go on, as for a full queue).
+                    self.paused = Some((Hold::Bus(backlog), Instant::now() + PUBLISHER_WAIT));
+                }
             }
         }
         match qos {
@@ -1063,7 +1073,7 @@ where
         if self.session.is_congested() {
             return;
         }
-        self.paused = Some((pressure, Instant::now() + PUBLISHER_WAIT));
+        self.paused = Some((Hold::Queue(pressure), Instant::now() + PUBLISHER_WAIT));
     }
 
     fn on_pubrec(&mut self, r: PubResp) {
@@ -1500,10 +1510,15 @@ fn topic_levels(topic: &str) -> usize {
 ///
 /// The wait is boxed, allocated only while paused: its timer and waiter would otherwise be room
 /// in every connection's task, idle ones included.
-async fn drained(paused: Option<&(Backpressure, Instant)>) -> bool {
+async fn drained(paused: Option<&(Hold, Instant)>) -> bool {
     match paused {
-        Some((pressure, deadline)) => {
+        Some((Hold::Queue(pressure), deadline)) => {
             Box::pin(tokio::time::timeout_at(*deadline, pressure.drained()))
+                .await
+                .is_ok()
+        }
+        Some((Hold::Bus(backlog), deadline)) => {
+            Box::pin(tokio::time::timeout_at(*deadline, backlog.caught_up()))
                 .await
                 .is_ok()
         }

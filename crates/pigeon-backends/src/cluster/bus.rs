@@ -19,7 +19,7 @@ use super::wire::{self, BusPublish};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pigeon_codec::ByteStr;
-use pigeon_core::{Broker, ClusterBus, Message};
+use pigeon_core::{Broker, BusBacklog, ClusterBus, Message};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -609,12 +609,15 @@ impl ClusterBus for RedisBus {
         self.connected.load(Ordering::Relaxed)
     }
 
-    fn backlog(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    fn backlog(&self) -> Option<BusBacklog> {
         if !self.backlog.high() {
             return None;
         }
         let backlog = Arc::clone(&self.backlog);
-        Some(Box::pin(async move { backlog.wait().await }))
+        Some(BusBacklog::new(move || {
+            let backlog = Arc::clone(&backlog);
+            Box::pin(async move { backlog.wait().await })
+        }))
     }
 
     fn settled(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
