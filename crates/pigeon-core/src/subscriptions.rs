@@ -97,12 +97,26 @@ pub struct SubscriptionIndex {
 }
 
 /// Splits off the first level of `rest`: `None` once the topic is exhausted.
+///
+/// Scans bytes for `/`: `split_once('/')` goes through the `char` searcher, which cost several
+/// times as much on the short levels of real topics (it was 7 % of a routed message). `/` is
+/// ASCII, so the byte position is a char boundary on both sides.
+#[inline]
 fn next_level(rest: Option<&str>) -> Option<(&str, Option<&str>)> {
     let rest = rest?;
-    Some(match rest.split_once('/') {
-        Some((level, tail)) => (level, Some(tail)),
+    Some(match rest.as_bytes().iter().position(|&b| b == b'/') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
     })
+}
+
+/// The first level of a topic or filter (the whole of it when it has one level).
+#[inline]
+fn first_level(topic: &str) -> &str {
+    match topic.as_bytes().iter().position(|&b| b == b'/') {
+        Some(i) => &topic[..i],
+        None => topic,
+    }
 }
 
 impl SubscriptionIndex {
@@ -327,7 +341,7 @@ impl ShardedIndex {
 
     /// The shard that holds `filter` (a plain filter), and whether it is the wildcard shard.
     fn home(&self, filter: &str) -> (&RwLock<SubscriptionIndex>, bool) {
-        let first = filter.split('/').next().unwrap_or("");
+        let first = first_level(filter);
         match first {
             "+" | "#" => (&self.wild, true),
             _ => (self.shard(first), false),
@@ -364,7 +378,7 @@ impl ShardedIndex {
     /// Calls `f` for every subscription whose filter matches `topic`, as
     /// `SubscriptionIndex::for_each_match` does, reading at most two shards.
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(Match<'_>)) {
-        let first = topic.split('/').next().unwrap_or("");
+        let first = first_level(topic);
         read(self.shard(first)).for_each_match(topic, &mut f);
         // Wildcard-first filters never match `$` topics (MQTT-4.7.2-1).
         if !topic.starts_with('$') && self.wild_len.load(Ordering::Relaxed) > 0 {
