@@ -1190,8 +1190,7 @@ impl Broker {
     /// shared groups `groups` admits.
     fn route_matches(&self, message: &Arc<Message>, plain: bool, groups: Groups) -> PublishOutcome {
         let mut outcome = PublishOutcome::default();
-        // The list is reused: one allocation per thread instead of one per message.
-        let mut targets = TARGETS.take();
+        let mut targets = Targets::default();
         // Each share group delivers its own copy, even to a session that also gets one through
         // another subscription (5.0 section 4.8.2), so group picks are kept out of the merge.
         let mut shared_targets = Vec::new();
@@ -1229,17 +1228,19 @@ impl Broker {
             });
         }
         if sources > 1 {
-            merge_overlapping(&mut targets);
+            // More than one target: all of them are in `many`.
+            merge_overlapping(&mut targets.many);
         }
-        targets.append(&mut shared_targets);
-        let now = Instant::now();
-        if message.is_expired(now) {
-            targets.clear();
-            give_back(targets);
+        for target in shared_targets {
+            targets.push(target);
+        }
+        // The clock is read only for a message that can expire.
+        if message.expires_at.is_some() && message.is_expired(Instant::now()) {
             return outcome;
         }
         outcome.routed = targets.len();
-        for (session, options, ids) in targets.drain(..) {
+        let one = targets.one.take();
+        for (session, options, ids) in one.into_iter().chain(targets.many.drain(..)) {
             let delivery = Delivery {
                 qos: message.qos.min(options.qos),
                 retain: message.retain && options.retain_as_published,
@@ -1251,7 +1252,6 @@ impl Broker {
             outcome.wait_for = outcome.wait_for.max(written);
             outcome.quota_exceeded |= full;
         }
-        give_back(targets);
         outcome
     }
 
@@ -1417,15 +1417,44 @@ fn merge_overlapping(targets: &mut Vec<Target>) {
 type Target = (Arc<Session>, SubscriptionOptions, Vec<u32>);
 
 thread_local! {
-    /// `route_matches`' target list, kept between messages (empty, with its capacity).
+    /// `route_matches`' target list, kept between messages (empty, with its capacity): one
+    /// allocation per thread instead of one per message.
     static TARGETS: Cell<Vec<Target>> = const { Cell::new(Vec::new()) };
 }
 
-/// Returns an emptied target list to `TARGETS`, unless a large fan-out grew it beyond what is
-/// worth keeping per thread.
-fn give_back(targets: Vec<Target>) {
-    debug_assert!(targets.is_empty());
-    if targets.capacity() <= 1024 {
-        TARGETS.set(targets);
+/// The sessions one message goes to. The first is kept inline, as most messages of a fan-in
+/// have one; the thread's list (`TARGETS`) is fetched for a second one, and returned on drop.
+#[derive(Default)]
+struct Targets {
+    one: Option<Target>,
+    /// Every target once there are two or more (`one` is then empty).
+    many: Vec<Target>,
+}
+
+impl Targets {
+    fn push(&mut self, target: Target) {
+        if self.one.is_none() && self.many.is_empty() {
+            self.one = Some(target);
+            return;
+        }
+        if self.many.capacity() == 0 {
+            self.many = TARGETS.take();
+        }
+        self.many.extend(self.one.take());
+        self.many.push(target);
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.one.is_some()) + self.many.len()
+    }
+}
+
+impl Drop for Targets {
+    fn drop(&mut self) {
+        // A list a large fan-out grew is not worth keeping per thread.
+        if self.many.capacity() > 0 && self.many.capacity() <= 1024 {
+            self.many.clear();
+            TARGETS.set(std::mem::take(&mut self.many));
+        }
     }
 }
