@@ -18,6 +18,7 @@ use crate::store::{self, LoadedSession, Persistence, SessionRecord, Snapshot, St
 use crate::subscriptions::{Match, ShardedIndex, Subscriber};
 use pigeon_codec::topic::parse_shared;
 use pigeon_codec::{ByteStr, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -1189,7 +1190,7 @@ impl Broker {
     /// shared groups `groups` admits.
     fn route_matches(&self, message: &Arc<Message>, plain: bool, groups: Groups) -> PublishOutcome {
         let mut outcome = PublishOutcome::default();
-        let mut targets: Vec<(Arc<Session>, SubscriptionOptions, Vec<u32>)> = Vec::new();
+        let mut targets = Targets::default();
         // Each share group delivers its own copy, even to a session that also gets one through
         // another subscription (5.0 section 4.8.2), so group picks are kept out of the merge.
         let mut shared_targets = Vec::new();
@@ -1227,15 +1228,19 @@ impl Broker {
             });
         }
         if sources > 1 {
-            merge_overlapping(&mut targets);
+            // More than one target: all of them are in `many`.
+            merge_overlapping(&mut targets.many);
         }
-        targets.append(&mut shared_targets);
-        let now = Instant::now();
-        if message.is_expired(now) {
+        for target in shared_targets {
+            targets.push(target);
+        }
+        // The clock is read only for a message that can expire.
+        if message.expires_at.is_some() && message.is_expired(Instant::now()) {
             return outcome;
         }
         outcome.routed = targets.len();
-        for (session, options, ids) in targets {
+        let one = targets.one.take();
+        for (session, options, ids) in one.into_iter().chain(targets.many.drain(..)) {
             let delivery = Delivery {
                 qos: message.qos.min(options.qos),
                 retain: message.retain && options.retain_as_published,
@@ -1393,19 +1398,63 @@ impl Broker {
 /// One delivery per session when several of its filters match (MQTT-3.3.4-2 lets 3.1.1 send
 /// copies; 5.0 wants one with every subscription identifier, MQTT-3.3.4-3/5): the highest QoS,
 /// Retain As Published if any match asks for it, and all identifiers.
-fn merge_overlapping(targets: &mut Vec<(Arc<Session>, SubscriptionOptions, Vec<u32>)>) {
+fn merge_overlapping(targets: &mut Vec<Target>) {
     targets.sort_by_key(|(s, _, _)| s.id());
-    let mut merged: Vec<(Arc<Session>, SubscriptionOptions, Vec<u32>)> =
-        Vec::with_capacity(targets.len());
-    for (session, options, ids) in targets.drain(..) {
-        match merged.last_mut() {
-            Some((last, o, i)) if last.id() == session.id() => {
-                o.qos = o.qos.max(options.qos);
-                o.retain_as_published |= options.retain_as_published;
-                i.extend(ids);
-            }
-            _ => merged.push((session, options, ids)),
+    // In place: `dedup_by` hands each entry with the one kept before it, into which it merges.
+    targets.dedup_by(|(session, options, ids), (kept, o, i)| {
+        if kept.id() != session.id() {
+            return false;
+        }
+        o.qos = o.qos.max(options.qos);
+        o.retain_as_published |= options.retain_as_published;
+        i.append(ids);
+        true
+    });
+}
+
+/// One session a message goes to, with the options and identifiers of its matching
+/// subscriptions.
+type Target = (Arc<Session>, SubscriptionOptions, Vec<u32>);
+
+thread_local! {
+    /// `route_matches`' target list, kept between messages (empty, with its capacity): one
+    /// allocation per thread instead of one per message.
+    static TARGETS: Cell<Vec<Target>> = const { Cell::new(Vec::new()) };
+}
+
+/// The sessions one message goes to. The first is kept inline, as most messages of a fan-in
+/// have one; the thread's list (`TARGETS`) is fetched for a second one, and returned on drop.
+#[derive(Default)]
+struct Targets {
+    one: Option<Target>,
+    /// Every target once there are two or more (`one` is then empty).
+    many: Vec<Target>,
+}
+
+impl Targets {
+    fn push(&mut self, target: Target) {
+        if self.one.is_none() && self.many.is_empty() {
+            self.one = Some(target);
+            return;
+        }
+        if self.many.capacity() == 0 {
+            self.many = TARGETS.take();
+        }
+        self.many.extend(self.one.take());
+        self.many.push(target);
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.one.is_some()) + self.many.len()
+    }
+}
+
+impl Drop for Targets {
+    fn drop(&mut self) {
+        // A list a large fan-out grew is not worth keeping per thread.
+        if self.many.capacity() > 0 && self.many.capacity() <= 1024 {
+            self.many.clear();
+            TARGETS.set(std::mem::take(&mut self.many));
         }
     }
-    *targets = merged;
 }
