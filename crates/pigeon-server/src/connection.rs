@@ -28,6 +28,7 @@ use pigeon_core::{
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -691,18 +692,27 @@ where
             keep_alive
         });
         tokio::pin!(sleep);
-        let session = Arc::clone(&self.session);
+        // Waits for the whole loop: made once, not once per turn.
+        let stop = shutdown.changed();
+        tokio::pin!(stop);
+        // The waits that only a paused connection and one holding acknowledgements need, boxed
+        // while needed: an idle connection carries two empty pointers for them.
+        let mut waits = Waits {
+            drained: None,
+            committed: None,
+        };
         // Packets that came in the same read as CONNECT are already buffered.
         if let Err(close) = self.handle_read().await {
             return close;
         }
         loop {
             self.drain_queue();
-            let paused = self.paused.clone();
-            let io = &mut self.io;
-            tokio::select! {
-                biased;
-                c = control.recv() => {
+            let event = std::future::poll_fn(|cx| {
+                self.poll_event(cx, control, stop.as_mut(), sleep.as_mut(), &mut waits)
+            })
+            .await;
+            match event {
+                Event::Control(c) => {
                     // A closed channel: the broker stopped waiting for this connection to close
                     // after a takeover and dropped its handle; it is taken over all the same.
                     let reason = match c {
@@ -710,24 +720,34 @@ where
                         None => ReasonCode::SESSION_TAKEN_OVER,
                     };
                     info!(reason = %reason, "closing connection at the broker's request");
-                    return Close { reason: Some(reason), departure: Departure::WithWill };
+                    return Close {
+                        reason: Some(reason),
+                        departure: Departure::WithWill,
+                    };
                 }
-                _ = shutdown.changed() => {
-                    return Close { reason: Some(ReasonCode::SERVER_SHUTTING_DOWN), departure: Departure::Shutdown };
+                Event::Shutdown => {
+                    return Close {
+                        reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
+                        departure: Departure::Shutdown,
+                    };
                 }
-                r = write_or_flush(&mut io.writer, &mut io.wbuf, &mut io.unflushed), if !io.wbuf.is_empty() || io.unflushed => match r {
-                    Ok(()) => {}
-                    Err(e) => {
-                        debug!(error = %e, "write failed");
-                        return Close { reason: None, departure: Departure::WithWill };
-                    }
-                },
-                drained = drained(paused.as_ref()), if paused.is_some() => {
+                Event::Wrote(Ok(())) => {}
+                Event::Wrote(Err(e)) => {
+                    debug!(error = %e, "write failed");
+                    return Close {
+                        reason: None,
+                        departure: Departure::WithWill,
+                    };
+                }
+                Event::Drained(drained) => {
                     if !drained {
                         if let Some((Hold::Queue(pressure), _)) = &self.paused {
                             pressure.stalled();
                         }
-                        debug!(wait_ms = PUBLISHER_WAIT.as_millis() as u64, "a subscriber's queue did not drain in time; reading again");
+                        debug!(
+                            wait_ms = PUBLISHER_WAIT.as_millis() as u64,
+                            "a subscriber's queue did not drain in time; reading again"
+                        );
                     }
                     self.paused = None;
                     // The time spent not reading is not held against the client's keep alive.
@@ -736,35 +756,43 @@ where
                         return close;
                     }
                 }
-                r = read_more(&mut io.reader, &mut io.rbuf, &mut io.read_hint), if paused.is_none() => match r {
-                    Ok(0) => {
-                        info!("connection closed by the client without DISCONNECT");
-                        return Close { reason: None, departure: Departure::WithWill };
-                    }
-                    Ok(_) => {
-                        if let Err(close) = self.handle_read().await {
-                            return close;
-                        }
-                    }
-                    Err(e) => {
-                        info!(error = %e, "connection lost");
-                        return Close { reason: None, departure: Departure::WithWill };
-                    }
-                },
-                _ = session.notified() => {}
-                r = wait_committed(&mut self.committed), if !self.held_acks.is_empty() => {
-                    if r.is_err() {
-                        return Close { reason: Some(ReasonCode::SERVER_SHUTTING_DOWN), departure: Departure::Shutdown };
-                    }
-                    self.release_acks();
+                Event::Read(Ok(0)) => {
+                    info!("connection closed by the client without DISCONNECT");
+                    return Close {
+                        reason: None,
+                        departure: Departure::WithWill,
+                    };
                 }
-                _ = &mut sleep, if !keep_alive.is_zero() => {
+                Event::Read(Ok(_)) => {
+                    if let Err(close) = self.handle_read().await {
+                        return close;
+                    }
+                }
+                Event::Read(Err(e)) => {
+                    info!(error = %e, "connection lost");
+                    return Close {
+                        reason: None,
+                        departure: Departure::WithWill,
+                    };
+                }
+                Event::Notified => {}
+                Event::Committed(Ok(())) => self.release_acks(),
+                Event::Committed(Err(_)) => {
+                    return Close {
+                        reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
+                        departure: Departure::Shutdown,
+                    };
+                }
+                Event::KeepAlive => {
                     let deadline = self.last_received + keep_alive;
                     let now = Instant::now();
                     if now < deadline {
                         sleep.as_mut().reset(deadline);
-                    } else if paused.is_none() {
-                        info!(keep_alive_ms = keep_alive.as_millis() as u64, "keep alive timed out");
+                    } else if self.paused.is_none() {
+                        info!(
+                            keep_alive_ms = keep_alive.as_millis() as u64,
+                            "keep alive timed out"
+                        );
                         return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT);
                     } else {
                         // Not read while paused; the pause's end restarts the count.
@@ -773,6 +801,73 @@ where
                 }
             }
         }
+    }
+
+    /// The packet loop's one wait: what is ready first, in this order (the order of priority):
+    /// the broker's control line, shutdown, writing, the end of a pause, reading, the session
+    /// queue, the store's progress, keep alive. Everything is polled in place, so the loop keeps
+    /// no future per source between turns: the control line, the socket and the session queue
+    /// keep only the task's waker, and the rest is made once (`stop`, `sleep`) or boxed while
+    /// needed (`waits`).
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        control: &mut ControlReceiver,
+        stop: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
+        sleep: Pin<&mut tokio::time::Sleep>,
+        waits: &mut Waits,
+    ) -> Poll<Event> {
+        if let Poll::Ready(c) = control.poll_recv(cx) {
+            return Poll::Ready(Event::Control(c));
+        }
+        if stop.poll(cx).is_ready() {
+            return Poll::Ready(Event::Shutdown);
+        }
+        let io = &mut self.io;
+        if !io.wbuf.is_empty() || io.unflushed {
+            if let Poll::Ready(r) = poll_write_or_flush(
+                Pin::new(&mut io.writer),
+                cx,
+                &mut io.wbuf,
+                &mut io.unflushed,
+            ) {
+                return Poll::Ready(Event::Wrote(r));
+            }
+        }
+        match &self.paused {
+            Some(hold) => {
+                let wait = waits.drained.get_or_insert_with(|| drained(hold.clone()));
+                if let Poll::Ready(drained) = wait.as_mut().poll(cx) {
+                    waits.drained = None;
+                    return Poll::Ready(Event::Drained(drained));
+                }
+            }
+            None => {
+                let io = &mut self.io;
+                if let Poll::Ready(r) =
+                    poll_read_more(&mut io.reader, cx, &mut io.rbuf, &mut io.read_hint)
+                {
+                    return Poll::Ready(Event::Read(r));
+                }
+            }
+        }
+        if self.session.poll_notified(cx).is_ready() {
+            return Poll::Ready(Event::Notified);
+        }
+        if let (false, Some(committed)) = (self.held_acks.is_empty(), &self.committed) {
+            let wait = waits.committed.get_or_insert_with(|| {
+                let mut committed = committed.clone();
+                Box::pin(async move { committed.changed().await })
+            });
+            if let Poll::Ready(r) = wait.as_mut().poll(cx) {
+                waits.committed = None;
+                return Poll::Ready(Event::Committed(r));
+            }
+        }
+        if !self.keep_alive.is_zero() && sleep.poll(cx).is_ready() {
+            return Poll::Ready(Event::KeepAlive);
+        }
+        Poll::Pending
     }
 
     /// `handle_input`, boxed: its state (a packet, an authorizer's answer) is several times an
@@ -1505,57 +1600,66 @@ fn topic_levels(topic: &str) -> usize {
     topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
-/// Resolves with true when the queue a paused connection waits for has drained, with false
-/// when the wait's deadline passed first; never when not paused.
-///
-/// The wait is boxed, allocated only while paused: its timer and waiter would otherwise be room
-/// in every connection's task, idle ones included.
-async fn drained(paused: Option<&(Hold, Instant)>) -> bool {
-    match paused {
-        Some((Hold::Queue(pressure), deadline)) => {
-            Box::pin(tokio::time::timeout_at(*deadline, pressure.drained()))
-                .await
-                .is_ok()
-        }
-        Some((Hold::Bus(backlog), deadline)) => {
-            Box::pin(tokio::time::timeout_at(*deadline, backlog.caught_up()))
-                .await
-                .is_ok()
-        }
-        None => std::future::pending().await,
-    }
+/// What the packet loop's wait (`Client::poll_event`) found.
+enum Event {
+    Control(Option<Control>),
+    Shutdown,
+    Wrote(std::io::Result<()>),
+    Drained(bool),
+    Read(std::io::Result<usize>),
+    Notified,
+    Committed(Result<(), watch::error::RecvError>),
+    KeepAlive,
 }
 
-/// Resolves when the store commits more (never without a store).
-async fn wait_committed(
-    committed: &mut Option<watch::Receiver<u64>>,
-) -> Result<(), watch::error::RecvError> {
-    match committed {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
+/// The packet loop's waits that are made only while needed.
+struct Waits {
+    /// The pause's (`Client::paused`), while paused.
+    drained: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+    /// The store's next commit, while acknowledgements are held.
+    committed: Option<Pin<Box<dyn Future<Output = Result<(), watch::error::RecvError>> + Send>>>,
+}
+
+/// Resolves with true when the queue a paused connection waits for has drained, with false
+/// when the wait's deadline passed first.
+///
+/// Boxed, allocated only while paused: its timer and waiter would otherwise be room in every
+/// connection's task, idle ones included.
+fn drained(paused: (Hold, Instant)) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+    match paused {
+        (Hold::Queue(pressure), deadline) => Box::pin(async move {
+            tokio::time::timeout_at(deadline, pressure.drained())
+                .await
+                .is_ok()
+        }),
+        (Hold::Bus(backlog), deadline) => Box::pin(async move {
+            tokio::time::timeout_at(deadline, backlog.caught_up())
+                .await
+                .is_ok()
+        }),
     }
 }
 
 /// Writes from `wbuf` once, or flushes once `wbuf` is empty: TLS and WebSocket streams send
-/// what they hold only on flush. Cancel-safe: the buffer and flag change only after the
-/// operation completes.
-async fn write_or_flush<W: AsyncWrite + Unpin>(
-    writer: &mut W,
+/// what they hold only on flush. The buffer and flag change only when the operation completes.
+fn poll_write_or_flush<W: AsyncWrite>(
+    writer: Pin<&mut W>,
+    cx: &mut Context<'_>,
     wbuf: &mut BytesMut,
     unflushed: &mut bool,
-) -> std::io::Result<()> {
+) -> Poll<std::io::Result<()>> {
     if wbuf.is_empty() {
-        writer.flush().await?;
+        ready!(writer.poll_flush(cx))?;
         *unflushed = false;
     } else {
-        let n = writer.write(wbuf).await?;
+        let n = ready!(writer.poll_write(cx, wbuf))?;
         if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
         }
         wbuf.advance(n);
         *unflushed = true;
     }
-    Ok(())
+    Poll::Ready(Ok(()))
 }
 
 thread_local! {
@@ -1565,32 +1669,45 @@ thread_local! {
 }
 
 /// Reads more bytes into `rbuf`. Cancel-safe: it either reads or leaves `rbuf` untouched.
+async fn read_more<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+    hint: &mut usize,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_more(reader, cx, rbuf, hint)).await
+}
+
+/// One read into `rbuf`; `rbuf` is untouched unless it is ready.
 ///
 /// With no partial packet buffered, the read goes into the thread's scratch buffer and `rbuf`
 /// gets an allocation of exactly what came: an idle connection holds no read buffer, and the
 /// packets' views (a client id, a topic filter kept by the subscription index) keep only what
 /// they came in alive. A partial packet is completed in `rbuf` itself, with room that grows
 /// while reads fill it (a busy publisher) and shrinks when they do not.
-async fn read_more<R: AsyncRead + Unpin>(
+fn poll_read_more<R: AsyncRead + Unpin>(
     reader: &mut R,
+    cx: &mut Context<'_>,
     rbuf: &mut BytesMut,
     hint: &mut usize,
-) -> std::io::Result<usize> {
+) -> Poll<std::io::Result<usize>> {
     if rbuf.is_empty() {
-        // Give back what the last read left (payload views still using it keep it alive until
-        // they are done).
-        *rbuf = BytesMut::new();
-        return std::future::poll_fn(|cx| poll_read_scratch(reader, cx, rbuf)).await;
+        if rbuf.capacity() != 0 {
+            // Give back what the last read left (payload views still using it keep it alive
+            // until they are done).
+            *rbuf = BytesMut::new();
+        }
+        return poll_read_scratch(reader, cx, rbuf);
     }
     rbuf.reserve(*hint);
     let room = rbuf.capacity() - rbuf.len();
-    let n = reader.read_buf(rbuf).await?;
+    // `read_buf`'s future keeps nothing between polls but its borrows: polled here in place.
+    let n = ready!(std::pin::pin!(reader.read_buf(rbuf)).poll(cx))?;
     if n == room {
         *hint = (*hint * 2).min(READ_MAX);
     } else if n < *hint / 4 {
         *hint = (*hint / 2).max(READ_MIN);
     }
-    Ok(n)
+    Poll::Ready(Ok(n))
 }
 
 /// One read through the thread's scratch buffer, appended to `rbuf`.
