@@ -1,9 +1,10 @@
 //! One client connection: CONNECT, then the packet loop, then the will and the session's fate.
 //!
-//! The task owns the socket halves, the read and write buffers, the decoder and the state that
+//! The task owns the socket, the read and write buffers, the decoder and the state that
 //! lives only as long as the connection (topic aliases, keep alive, the client's limits). Session
-//! state that outlives it (queue, in flight, QoS 2 ids) sits in `pigeon_core::Session`. The loop's
-//! read state lives in the struct, so a `select!` arm that loses the race loses nothing. Replies
+//! state that outlives it (queue, in flight, QoS 2 ids) sits in `pigeon_core::Session`. The loop
+//! waits in one poll function over everything it waits for, and its read and write state lives
+//! in the struct, so a wait that ends for another reason loses nothing. Replies
 //! and deliveries are encoded into one write buffer and flushed together: many packets, one
 //! syscall.
 
@@ -34,7 +35,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 use tracing::{debug, info, warn, Span};
@@ -123,10 +124,10 @@ pub(crate) struct Accepted<S> {
 /// room for its arguments to the end), and the short-lived, large states are boxed: CONNECT,
 /// authentication and attaching the session (`admit`), the handling of what a read brought
 /// (`Client::handle_read`) and the closing (`Client::finish`). What stays is the client's state
-/// and the packet loop's `select!`.
+/// and the packet loop's few waits (see `Client::poll_event`).
 pub(crate) async fn serve<S, G>(accepted: Box<Accepted<S>>, guard: G)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted {
         stream,
@@ -183,13 +184,13 @@ async fn admit<S>(
     current: u64,
 ) -> Option<Admitted<'_, S>>
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (reader, writer) = tokio::io::split(socket);
     let limits = &shared.config.limits;
+    // One stream, not split in halves: reading and writing are polled from one place (the
+    // packet loop's `Client::poll_event`), so the shared state a split needs is not.
     let mut io = Io {
-        reader,
-        writer,
+        stream: socket,
         // Empty until used, and the read buffer empty again whenever no partial packet waits
         // (see `read_more`): an idle connection should cost little.
         rbuf: BytesMut::new(),
@@ -239,7 +240,7 @@ where
 }
 
 /// A CONNECT that failed to decode: answer what the specification asks, then close.
-async fn refuse_bad_connect<S: AsyncRead + AsyncWrite>(io: &mut Io<S>, e: &DecodeError) {
+async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>, e: &DecodeError) {
     warn!(error = %e, "refusing CONNECT");
     match e {
         // MQTT-3.1.2-2: an unsupported level gets return code 1 (0x84 in 5.0, but a client that
@@ -278,10 +279,9 @@ struct Origin {
     username: Username,
 }
 
-/// The socket halves and buffers.
+/// The socket and buffers.
 struct Io<S> {
-    reader: ReadHalf<S>,
-    writer: WriteHalf<S>,
+    stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -292,7 +292,7 @@ struct Io<S> {
     read_hint: usize,
 }
 
-impl<S: AsyncRead + AsyncWrite> Io<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     /// Reads until one packet is whole; `Ok(None)` at end of stream.
     async fn read_packet(&mut self) -> Result<Option<Packet>, ReadError> {
         loop {
@@ -303,7 +303,7 @@ impl<S: AsyncRead + AsyncWrite> Io<S> {
             {
                 return Ok(Some(p));
             }
-            match read_more(&mut self.reader, &mut self.rbuf, &mut self.read_hint).await {
+            match read_more(&mut self.stream, &mut self.rbuf, &mut self.read_hint).await {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
                 Err(e) => return Err(ReadError::Io(e)),
@@ -315,13 +315,13 @@ impl<S: AsyncRead + AsyncWrite> Io<S> {
     async fn flush_best_effort(&mut self) {
         let flush = async {
             while !self.wbuf.is_empty() {
-                match self.writer.write(&self.wbuf).await {
+                match self.stream.write(&self.wbuf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => self.wbuf.advance(n),
                 }
             }
-            let _ = self.writer.flush().await;
-            let _ = self.writer.shutdown().await;
+            let _ = self.stream.flush().await;
+            let _ = self.stream.shutdown().await;
         };
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
     }
@@ -391,7 +391,7 @@ async fn run_client<S>(
     over_limit: bool,
 ) -> Option<Admitted<'_, S>>
 where
-    S: AsyncRead + AsyncWrite + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let protocol = connect.protocol;
     let Origin {
@@ -678,7 +678,7 @@ fn assign_client_id(n: u64) -> String {
 
 impl<S> Client<'_, S>
 where
-    S: AsyncRead + AsyncWrite + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async fn run(
         &mut self,
@@ -826,7 +826,7 @@ where
         let io = &mut self.io;
         if !io.wbuf.is_empty() || io.unflushed {
             if let Poll::Ready(r) = poll_write_or_flush(
-                Pin::new(&mut io.writer),
+                Pin::new(&mut io.stream),
                 cx,
                 &mut io.wbuf,
                 &mut io.unflushed,
@@ -845,7 +845,7 @@ where
             None => {
                 let io = &mut self.io;
                 if let Poll::Ready(r) =
-                    poll_read_more(&mut io.reader, cx, &mut io.rbuf, &mut io.read_hint)
+                    poll_read_more(&mut io.stream, cx, &mut io.rbuf, &mut io.read_hint)
                 {
                     return Poll::Ready(Event::Read(r));
                 }

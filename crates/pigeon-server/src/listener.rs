@@ -140,7 +140,7 @@ async fn serve_stream<S>(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let accepted = Box::new(Accepted {
         stream,
