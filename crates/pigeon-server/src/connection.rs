@@ -38,7 +38,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
-use tracing::{debug, info, warn, Span};
+use tracing::{debug, info, warn, Instrument, Span};
 
 /// Stop taking deliveries from the session queue while this much is waiting to be written: a
 /// slow reader then backs up into its bounded session queue, not into our memory.
@@ -114,10 +114,12 @@ pub(crate) struct Accepted<S> {
     pub(crate) username: Username,
     pub(crate) shared: Arc<Shared>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The connection's span (peer, listener, client id), for its admission only.
+    pub(crate) span: Span,
 }
 
-/// Runs one connection to its end, then drops `guard`. Errors are logged here, with the span's
-/// peer and client id.
+/// Runs one connection to its end, then drops `guard`. What is logged names the peer and the
+/// client id: through the connection's span while it is admitted, in fields after.
 ///
 /// A task's future is as large as its largest state for as long as the task lives, so what an
 /// idle connection does not need is kept out of it: the arguments come boxed (an async fn keeps
@@ -136,13 +138,18 @@ where
         username,
         shared,
         shutdown,
+        span,
     } = unbox(accepted);
     let stats = &shared.broker.stats;
     stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
     let current = stats.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
-    let admitted = Box::pin(admit(
-        stream, peer, listener, username, &shared, shutdown, current,
-    ))
+    // The span names the client in what admission logs (here and in the broker and auth
+    // backends it calls), and ends with it: a span lives in the subscriber for as long as it is
+    // open, about 500 bytes at the default level, as much as the rest of an idle connection's
+    // task. The packet loop's own log lines name the client and peer in fields instead.
+    let admitted = Box::pin(
+        admit(stream, peer, listener, username, &shared, shutdown, current).instrument(span),
+    )
     .await;
     if let Some(mut admitted) = admitted {
         let close = admitted
@@ -719,7 +726,7 @@ where
                         Some(Control::Disconnect(reason)) => reason,
                         None => ReasonCode::SESSION_TAKEN_OVER,
                     };
-                    info!(reason = %reason, "closing connection at the broker's request");
+                    info!(client_id = %self.client_id, peer = %self.info.peer, reason = %reason, "closing connection at the broker's request");
                     return Close {
                         reason: Some(reason),
                         departure: Departure::WithWill,
@@ -733,7 +740,7 @@ where
                 }
                 Event::Wrote(Ok(())) => {}
                 Event::Wrote(Err(e)) => {
-                    debug!(error = %e, "write failed");
+                    debug!(client_id = %self.client_id, peer = %self.info.peer, error = %e, "write failed");
                     return Close {
                         reason: None,
                         departure: Departure::WithWill,
@@ -744,7 +751,7 @@ where
                         if let Some((Hold::Queue(pressure), _)) = &self.paused {
                             pressure.stalled();
                         }
-                        debug!(
+                        debug!(client_id = %self.client_id, peer = %self.info.peer,
                             wait_ms = PUBLISHER_WAIT.as_millis() as u64,
                             "a subscriber's queue did not drain in time; reading again"
                         );
@@ -757,7 +764,7 @@ where
                     }
                 }
                 Event::Read(Ok(0)) => {
-                    info!("connection closed by the client without DISCONNECT");
+                    info!(client_id = %self.client_id, peer = %self.info.peer, "connection closed by the client without DISCONNECT");
                     return Close {
                         reason: None,
                         departure: Departure::WithWill,
@@ -769,7 +776,7 @@ where
                     }
                 }
                 Event::Read(Err(e)) => {
-                    info!(error = %e, "connection lost");
+                    info!(client_id = %self.client_id, peer = %self.info.peer, error = %e, "connection lost");
                     return Close {
                         reason: None,
                         departure: Departure::WithWill,
@@ -789,7 +796,7 @@ where
                     if now < deadline {
                         sleep.as_mut().reset(deadline);
                     } else if self.paused.is_none() {
-                        info!(
+                        info!(client_id = %self.client_id, peer = %self.info.peer,
                             keep_alive_ms = keep_alive.as_millis() as u64,
                             "keep alive timed out"
                         );
@@ -890,7 +897,7 @@ where
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    warn!(error = %e, reason = %e.reason_code(), "malformed input; closing");
+                    warn!(client_id = %self.client_id, peer = %self.info.peer, error = %e, reason = %e.reason_code(), "malformed input; closing");
                     return Err(Close::error(e.reason_code()));
                 }
             };
@@ -963,15 +970,15 @@ where
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
             Packet::Connect(_) => {
-                warn!("second CONNECT [MQTT-3.1.0-2]; closing");
+                warn!(client_id = %self.client_id, peer = %self.info.peer, "second CONNECT [MQTT-3.1.0-2]; closing");
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
             Packet::Auth(_) => {
-                warn!("AUTH without an authentication method in CONNECT; closing");
+                warn!(client_id = %self.client_id, peer = %self.info.peer, "AUTH without an authentication method in CONNECT; closing");
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
             other => {
-                warn!(
+                warn!(client_id = %self.client_id, peer = %self.info.peer,
                     packet = other.name(),
                     "a client may not send this packet; closing"
                 );
@@ -995,7 +1002,7 @@ where
             let max = usize::from(config.mqtt.topic_alias_maximum);
             let slot = usize::from(alias).checked_sub(1).filter(|i| *i < max);
             let Some(slot) = slot else {
-                warn!(
+                warn!(client_id = %self.client_id, peer = %self.info.peer,
                     alias,
                     max, "topic alias out of range [MQTT-3.3.2-9]; closing"
                 );
@@ -1005,7 +1012,7 @@ where
                 match self.in_aliases.get(slot).and_then(Option::as_ref) {
                     Some(t) => p.topic = t.clone(),
                     None => {
-                        warn!(alias, "topic alias used before it was set; closing");
+                        warn!(client_id = %self.client_id, peer = %self.info.peer, alias, "topic alias used before it was set; closing");
                         return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
                     }
                 }
@@ -1017,11 +1024,11 @@ where
             }
         }
         if p.retain && !config.mqtt.retain_available {
-            warn!(topic = %p.topic, "retained PUBLISH while retain is not available; closing");
+            warn!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, "retained PUBLISH while retain is not available; closing");
             return Err(Close::error(ReasonCode::RETAIN_NOT_SUPPORTED));
         }
         if topic_levels(&p.topic) > config.limits.max_topic_levels {
-            warn!(topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
+            warn!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
             return Err(Close::error(ReasonCode::TOPIC_NAME_INVALID));
         }
         let qos = p.qos;
@@ -1045,7 +1052,7 @@ where
             if state.incoming_qos2.len() >= usize::from(config.limits.max_inflight)
                 && self.protocol.is_v5()
             {
-                warn!(
+                warn!(client_id = %self.client_id, peer = %self.info.peer,
                     max = config.limits.max_inflight,
                     "client exceeded our Receive Maximum [MQTT-3.3.4-8]; closing"
                 );
@@ -1064,10 +1071,10 @@ where
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            warn!(topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
+            warn!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
             reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
         } else if p.topic.starts_with("$SYS/") || p.topic.as_str() == "$SYS" {
-            debug!(topic = %p.topic, "clients may not publish to $SYS; ignored");
+            debug!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, "clients may not publish to $SYS; ignored");
         } else if let Verdict::Denied { reason: why, by } = self
             .authorize(
                 Action::Publish {
@@ -1080,7 +1087,7 @@ where
         {
             // 5.0 says so in the acknowledgement; 3.1.1 has no way to, so the message is
             // acknowledged and dropped, as mosquitto does.
-            info!(topic = %p.topic, backend = %by, reason = %why, "PUBLISH denied by the ACL; dropped");
+            info!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, backend = %by, reason = %why, "PUBLISH denied by the ACL; dropped");
             if self.protocol.is_v5() {
                 reason = ReasonCode::NOT_AUTHORIZED;
             }
@@ -1225,7 +1232,7 @@ where
                     .each(|h| h.rewrite_subscription(info, &mut request));
                 if request.filter != filter {
                     if !topic::valid_topic_filter(&request.filter) {
-                        warn!(filter = %filter, rewritten = %request.filter, "a hook rewrote the filter into an invalid one; refused");
+                        warn!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "a hook rewrote the filter into an invalid one; refused");
                         codes.push(if v5 {
                             ReasonCode::TOPIC_FILTER_INVALID
                         } else {
@@ -1233,7 +1240,7 @@ where
                         });
                         continue;
                     }
-                    debug!(filter = %filter, rewritten = %request.filter, "subscription rewritten by a hook");
+                    debug!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "subscription rewritten by a hook");
                     filter = request.filter;
                 }
                 options.qos = request.qos;
@@ -1242,11 +1249,11 @@ where
             let options = &options;
             let shared = topic::parse_shared(filter).is_some();
             if shared && options.no_local && self.protocol.is_v5() {
-                warn!(filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
+                warn!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
                 return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
             }
             if topic_levels(filter) > self.shared.config.limits.max_topic_levels {
-                warn!(filter = %filter, "filter has too many levels; refused");
+                warn!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, "filter has too many levels; refused");
                 codes.push(if self.protocol.is_v5() {
                     ReasonCode::TOPIC_FILTER_INVALID
                 } else {
@@ -1260,7 +1267,7 @@ where
             };
             let action = Action::Subscribe { qos: options.qos };
             if let Verdict::Denied { reason, by } = self.authorize(action, plain).await {
-                info!(filter = %filter, backend = %by, %reason, "SUBSCRIBE denied by the ACL");
+                info!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, backend = %by, %reason, "SUBSCRIBE denied by the ACL");
                 codes.push(if v5 {
                     ReasonCode::NOT_AUTHORIZED
                 } else {
@@ -1269,7 +1276,7 @@ where
                 continue;
             }
             let result = self.broker.subscribe(&self.session, filter, *options, id);
-            debug!(filter = %filter, qos = options.qos as u8, "subscribed");
+            debug!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, qos = options.qos as u8, "subscribed");
             let info = &self.info;
             self.shared
                 .hooks
@@ -1322,7 +1329,7 @@ where
         if let Some(expiry) = d.properties.session_expiry_interval {
             // MQTT-3.14.2-2: a session that was to end with the connection cannot be extended here.
             if self.session_expiry == 0 && expiry != 0 {
-                warn!(
+                warn!(client_id = %self.client_id, peer = %self.info.peer,
                     "DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]; closing"
                 );
                 return Close::error(ReasonCode::PROTOCOL_ERROR);
@@ -1337,7 +1344,7 @@ where
         } else {
             Departure::Normal
         };
-        info!(reason = %d.reason, "client disconnected");
+        info!(client_id = %self.client_id, peer = %self.info.peer, reason = %d.reason, "client disconnected");
         Close {
             reason: None,
             departure,
@@ -1410,7 +1417,7 @@ where
                 if let Verdict::Denied { reason, by } =
                     self.shared.auth.authorize_read(&self.info, topic)
                 {
-                    debug!(topic = %topic, backend = %by, %reason, "delivery denied by the ACL (read); dropped");
+                    debug!(client_id = %self.client_id, peer = %self.info.peer, topic = %topic, backend = %by, %reason, "delivery denied by the ACL (read); dropped");
                     self.broker.unstore(client_id, &delivery);
                     continue;
                 }
@@ -1550,7 +1557,7 @@ where
             } else if alias.is_some() {
                 self.out_aliases.remove(&m.topic);
             }
-            debug!(topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
+            debug!(client_id = %self.client_id, peer = %self.info.peer, topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
             self.broker
                 .stats
                 .messages_dropped
