@@ -1624,8 +1624,11 @@ struct Waits {
     /// The pause's (`Client::paused`), while paused.
     drained: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
     /// The store's next commit, while acknowledgements are held.
-    committed: Option<Pin<Box<dyn Future<Output = Result<(), watch::error::RecvError>> + Send>>>,
+    committed: Option<Pin<Box<dyn Future<Output = Committed> + Send>>>,
 }
+
+/// What waiting for the store's next commit gives.
+type Committed = Result<(), watch::error::RecvError>;
 
 /// Resolves with true when the queue a paused connection waits for has drained, with false
 /// when the wait's deadline passed first.
