@@ -7,7 +7,7 @@
 
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
 
 /// What the broker may ask of a connection task.
@@ -137,21 +137,24 @@ pub struct ControlReceiver {
 impl ControlReceiver {
     /// The next control; `None` once every sender is gone and nothing is pending. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Control> {
-        poll_fn(|cx| {
-            let mut state = self.shared.lock();
-            if let Some(control) = state.pending.take() {
-                return Poll::Ready(Some(control));
-            }
-            if state.senders == 0 {
-                return Poll::Ready(None);
-            }
-            match &mut state.receiver_waker {
-                Some(waker) => waker.clone_from(cx.waker()),
-                none => *none = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// `recv` for a poll function: the waker of `cx` is woken when a control comes or the last
+    /// sender goes.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Control>> {
+        let mut state = self.shared.lock();
+        if let Some(control) = state.pending.take() {
+            return Poll::Ready(Some(control));
+        }
+        if state.senders == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut state.receiver_waker {
+            Some(waker) => waker.clone_from(cx.waker()),
+            none => *none = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 

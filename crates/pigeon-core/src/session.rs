@@ -13,6 +13,7 @@ use pigeon_codec::{ByteStr, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
 
 pub type SessionId = u64;
@@ -165,6 +166,10 @@ pub struct SessionState {
     pub stored: bool,
     /// Publishers waiting for this queue to drain; made the first time it passes high water.
     pressure: Option<Arc<Pressure>>,
+    /// The queue went from empty to not empty since the attached connection last looked.
+    notified: bool,
+    /// The attached connection's waker (see `Session::poll_notified`).
+    waker: Option<Waker>,
 }
 
 #[derive(Debug)]
@@ -172,9 +177,9 @@ pub struct Session {
     id: SessionId,
     client_id: ByteStr,
     connected: AtomicBool,
+    /// Also holds the waker of the attached connection, woken when the queue goes from empty to
+    /// not empty: set under the lock `enqueue` holds anyway, and no larger than a waker.
     state: Mutex<SessionState>,
-    /// Wakes the attached connection when the queue goes from empty to not empty.
-    notify: Notify,
 }
 
 impl Session {
@@ -197,8 +202,9 @@ impl Session {
                 next_seq: 1,
                 stored: false,
                 pressure: None,
+                notified: false,
+                waker: None,
             }),
-            notify: Notify::new(),
         }
     }
 
@@ -217,8 +223,11 @@ impl Session {
     pub(crate) fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Release);
         if !connected {
+            let mut state = self.lock();
+            // The connection that polled is gone: its waker would keep its task's memory.
+            state.waker = None;
             // Nobody waits on an offline session: its queue drains only when a client returns.
-            if let Some(p) = &self.lock().pressure {
+            if let Some(p) = &state.pressure {
                 p.release();
             }
         }
@@ -242,7 +251,22 @@ impl Session {
 
     /// Resolves when the router has queued something for this session.
     pub async fn notified(&self) {
-        self.notify.notified().await
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await
+    }
+
+    /// Ready when the queue went from empty to not empty since the last time this returned
+    /// ready (like `Notify::notify_one`'s permit); otherwise `cx` is woken when it does. One
+    /// waker is kept: the one of the connection attached, which polls from one task.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if std::mem::take(&mut state.notified) {
+            return Poll::Ready(());
+        }
+        match &mut state.waker {
+            Some(waker) => waker.clone_from(cx.waker()),
+            none => *none = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Queues a delivery under the limits. When the queue is full, a QoS 0 newcomer is dropped;
@@ -315,9 +339,15 @@ impl Session {
         state.queue.push_back(delivery);
         state.queued_bytes += weight;
         let pressure = self.congestion(&mut state, limits);
+        let waker = if was_empty {
+            state.notified = true;
+            state.waker.take()
+        } else {
+            None
+        };
         drop(state);
-        if was_empty {
-            self.notify.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
         }
         (outcome, written, pressure)
     }

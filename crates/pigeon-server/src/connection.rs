@@ -1,9 +1,10 @@
 //! One client connection: CONNECT, then the packet loop, then the will and the session's fate.
 //!
-//! The task owns the socket halves, the read and write buffers, the decoder and the state that
+//! The task owns the socket, the read and write buffers, the decoder and the state that
 //! lives only as long as the connection (topic aliases, keep alive, the client's limits). Session
-//! state that outlives it (queue, in flight, QoS 2 ids) sits in `pigeon_core::Session`. The loop's
-//! read state lives in the struct, so a `select!` arm that loses the race loses nothing. Replies
+//! state that outlives it (queue, in flight, QoS 2 ids) sits in `pigeon_core::Session`. The loop
+//! waits in one poll function over everything it waits for, and its read and write state lives
+//! in the struct, so a wait that ends for another reason loses nothing. Replies
 //! and deliveries are encoded into one write buffer and flushed together: many packets, one
 //! syscall.
 
@@ -28,15 +29,16 @@ use pigeon_core::{
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
-use tracing::{debug, info, warn, Span};
+use tracing::{debug, info, warn, Instrument, Span};
 
 /// Stop taking deliveries from the session queue while this much is waiting to be written: a
 /// slow reader then backs up into its bounded session queue, not into our memory.
@@ -112,20 +114,22 @@ pub(crate) struct Accepted<S> {
     pub(crate) username: Username,
     pub(crate) shared: Arc<Shared>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The connection's span (peer, listener, client id), for its admission only.
+    pub(crate) span: Span,
 }
 
-/// Runs one connection to its end, then drops `guard`. Errors are logged here, with the span's
-/// peer and client id.
+/// Runs one connection to its end, then drops `guard`. What is logged names the peer and the
+/// client id: through the connection's span while it is admitted, in fields after.
 ///
 /// A task's future is as large as its largest state for as long as the task lives, so what an
 /// idle connection does not need is kept out of it: the arguments come boxed (an async fn keeps
 /// room for its arguments to the end), and the short-lived, large states are boxed: CONNECT,
 /// authentication and attaching the session (`admit`), the handling of what a read brought
 /// (`Client::handle_read`) and the closing (`Client::finish`). What stays is the client's state
-/// and the packet loop's `select!`.
+/// and the packet loop's few waits (see `Client::poll_event`).
 pub(crate) async fn serve<S, G>(accepted: Box<Accepted<S>>, guard: G)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted {
         stream,
@@ -134,13 +138,18 @@ where
         username,
         shared,
         shutdown,
+        span,
     } = unbox(accepted);
     let stats = &shared.broker.stats;
     stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
     let current = stats.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
-    let admitted = Box::pin(admit(
-        stream, peer, listener, username, &shared, shutdown, current,
-    ))
+    // The span names the client in what admission logs (here and in the broker and auth
+    // backends it calls), and ends with it: a span lives in the subscriber for as long as it is
+    // open, about 500 bytes at the default level, as much as the rest of an idle connection's
+    // task. The packet loop's own log lines name the client and peer in fields instead.
+    let admitted = Box::pin(
+        admit(stream, peer, listener, username, &shared, shutdown, current).instrument(span),
+    )
     .await;
     if let Some(mut admitted) = admitted {
         let close = admitted
@@ -182,13 +191,13 @@ async fn admit<S>(
     current: u64,
 ) -> Option<Admitted<'_, S>>
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (reader, writer) = tokio::io::split(socket);
     let limits = &shared.config.limits;
+    // One stream, not split in halves: reading and writing are polled from one place (the
+    // packet loop's `Client::poll_event`), so the shared state a split needs is not.
     let mut io = Io {
-        reader,
-        writer,
+        stream: socket,
         // Empty until used, and the read buffer empty again whenever no partial packet waits
         // (see `read_more`): an idle connection should cost little.
         rbuf: BytesMut::new(),
@@ -238,7 +247,7 @@ where
 }
 
 /// A CONNECT that failed to decode: answer what the specification asks, then close.
-async fn refuse_bad_connect<S: AsyncRead + AsyncWrite>(io: &mut Io<S>, e: &DecodeError) {
+async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>, e: &DecodeError) {
     warn!(error = %e, "refusing CONNECT");
     match e {
         // MQTT-3.1.2-2: an unsupported level gets return code 1 (0x84 in 5.0, but a client that
@@ -277,10 +286,9 @@ struct Origin {
     username: Username,
 }
 
-/// The socket halves and buffers.
+/// The socket and buffers.
 struct Io<S> {
-    reader: ReadHalf<S>,
-    writer: WriteHalf<S>,
+    stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -291,7 +299,7 @@ struct Io<S> {
     read_hint: usize,
 }
 
-impl<S: AsyncRead + AsyncWrite> Io<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     /// Reads until one packet is whole; `Ok(None)` at end of stream.
     async fn read_packet(&mut self) -> Result<Option<Packet>, ReadError> {
         loop {
@@ -302,7 +310,7 @@ impl<S: AsyncRead + AsyncWrite> Io<S> {
             {
                 return Ok(Some(p));
             }
-            match read_more(&mut self.reader, &mut self.rbuf, &mut self.read_hint).await {
+            match read_more(&mut self.stream, &mut self.rbuf, &mut self.read_hint).await {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
                 Err(e) => return Err(ReadError::Io(e)),
@@ -314,13 +322,13 @@ impl<S: AsyncRead + AsyncWrite> Io<S> {
     async fn flush_best_effort(&mut self) {
         let flush = async {
             while !self.wbuf.is_empty() {
-                match self.writer.write(&self.wbuf).await {
+                match self.stream.write(&self.wbuf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => self.wbuf.advance(n),
                 }
             }
-            let _ = self.writer.flush().await;
-            let _ = self.writer.shutdown().await;
+            let _ = self.stream.flush().await;
+            let _ = self.stream.shutdown().await;
         };
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
     }
@@ -390,7 +398,7 @@ async fn run_client<S>(
     over_limit: bool,
 ) -> Option<Admitted<'_, S>>
 where
-    S: AsyncRead + AsyncWrite + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let protocol = connect.protocol;
     let Origin {
@@ -677,7 +685,7 @@ fn assign_client_id(n: u64) -> String {
 
 impl<S> Client<'_, S>
 where
-    S: AsyncRead + AsyncWrite + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async fn run(
         &mut self,
@@ -691,43 +699,62 @@ where
             keep_alive
         });
         tokio::pin!(sleep);
-        let session = Arc::clone(&self.session);
+        // Waits for the whole loop: made once, not once per turn.
+        let stop = shutdown.changed();
+        tokio::pin!(stop);
+        // The waits that only a paused connection and one holding acknowledgements need, boxed
+        // while needed: an idle connection carries two empty pointers for them.
+        let mut waits = Waits {
+            drained: None,
+            committed: None,
+        };
         // Packets that came in the same read as CONNECT are already buffered.
         if let Err(close) = self.handle_read().await {
             return close;
         }
         loop {
             self.drain_queue();
-            let paused = self.paused.clone();
-            let io = &mut self.io;
-            tokio::select! {
-                biased;
-                c = control.recv() => {
+            let event = std::future::poll_fn(|cx| {
+                self.poll_event(cx, control, stop.as_mut(), sleep.as_mut(), &mut waits)
+            })
+            .await;
+            match event {
+                Event::Control(c) => {
                     // A closed channel: the broker stopped waiting for this connection to close
                     // after a takeover and dropped its handle; it is taken over all the same.
                     let reason = match c {
                         Some(Control::Disconnect(reason)) => reason,
                         None => ReasonCode::SESSION_TAKEN_OVER,
                     };
-                    info!(reason = %reason, "closing connection at the broker's request");
-                    return Close { reason: Some(reason), departure: Departure::WithWill };
+                    info!(client_id = %self.client_id, peer = %self.info.peer, reason = %reason, "closing connection at the broker's request");
+                    return Close {
+                        reason: Some(reason),
+                        departure: Departure::WithWill,
+                    };
                 }
-                _ = shutdown.changed() => {
-                    return Close { reason: Some(ReasonCode::SERVER_SHUTTING_DOWN), departure: Departure::Shutdown };
+                Event::Shutdown => {
+                    return Close {
+                        reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
+                        departure: Departure::Shutdown,
+                    };
                 }
-                r = write_or_flush(&mut io.writer, &mut io.wbuf, &mut io.unflushed), if !io.wbuf.is_empty() || io.unflushed => match r {
-                    Ok(()) => {}
-                    Err(e) => {
-                        debug!(error = %e, "write failed");
-                        return Close { reason: None, departure: Departure::WithWill };
-                    }
-                },
-                drained = drained(paused.as_ref()), if paused.is_some() => {
+                Event::Wrote(Ok(())) => {}
+                Event::Wrote(Err(e)) => {
+                    debug!(client_id = %self.client_id, peer = %self.info.peer, error = %e, "write failed");
+                    return Close {
+                        reason: None,
+                        departure: Departure::WithWill,
+                    };
+                }
+                Event::Drained(drained) => {
                     if !drained {
                         if let Some((Hold::Queue(pressure), _)) = &self.paused {
                             pressure.stalled();
                         }
-                        debug!(wait_ms = PUBLISHER_WAIT.as_millis() as u64, "a subscriber's queue did not drain in time; reading again");
+                        debug!(client_id = %self.client_id, peer = %self.info.peer,
+                            wait_ms = PUBLISHER_WAIT.as_millis() as u64,
+                            "a subscriber's queue did not drain in time; reading again"
+                        );
                     }
                     self.paused = None;
                     // The time spent not reading is not held against the client's keep alive.
@@ -736,35 +763,43 @@ where
                         return close;
                     }
                 }
-                r = read_more(&mut io.reader, &mut io.rbuf, &mut io.read_hint), if paused.is_none() => match r {
-                    Ok(0) => {
-                        info!("connection closed by the client without DISCONNECT");
-                        return Close { reason: None, departure: Departure::WithWill };
-                    }
-                    Ok(_) => {
-                        if let Err(close) = self.handle_read().await {
-                            return close;
-                        }
-                    }
-                    Err(e) => {
-                        info!(error = %e, "connection lost");
-                        return Close { reason: None, departure: Departure::WithWill };
-                    }
-                },
-                _ = session.notified() => {}
-                r = wait_committed(&mut self.committed), if !self.held_acks.is_empty() => {
-                    if r.is_err() {
-                        return Close { reason: Some(ReasonCode::SERVER_SHUTTING_DOWN), departure: Departure::Shutdown };
-                    }
-                    self.release_acks();
+                Event::Read(Ok(0)) => {
+                    info!(client_id = %self.client_id, peer = %self.info.peer, "connection closed by the client without DISCONNECT");
+                    return Close {
+                        reason: None,
+                        departure: Departure::WithWill,
+                    };
                 }
-                _ = &mut sleep, if !keep_alive.is_zero() => {
+                Event::Read(Ok(_)) => {
+                    if let Err(close) = self.handle_read().await {
+                        return close;
+                    }
+                }
+                Event::Read(Err(e)) => {
+                    info!(client_id = %self.client_id, peer = %self.info.peer, error = %e, "connection lost");
+                    return Close {
+                        reason: None,
+                        departure: Departure::WithWill,
+                    };
+                }
+                Event::Notified => {}
+                Event::Committed(Ok(())) => self.release_acks(),
+                Event::Committed(Err(_)) => {
+                    return Close {
+                        reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
+                        departure: Departure::Shutdown,
+                    };
+                }
+                Event::KeepAlive => {
                     let deadline = self.last_received + keep_alive;
                     let now = Instant::now();
                     if now < deadline {
                         sleep.as_mut().reset(deadline);
-                    } else if paused.is_none() {
-                        info!(keep_alive_ms = keep_alive.as_millis() as u64, "keep alive timed out");
+                    } else if self.paused.is_none() {
+                        info!(client_id = %self.client_id, peer = %self.info.peer,
+                            keep_alive_ms = keep_alive.as_millis() as u64,
+                            "keep alive timed out"
+                        );
                         return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT);
                     } else {
                         // Not read while paused; the pause's end restarts the count.
@@ -773,6 +808,73 @@ where
                 }
             }
         }
+    }
+
+    /// The packet loop's one wait: what is ready first, in this order (the order of priority):
+    /// the broker's control line, shutdown, writing, the end of a pause, reading, the session
+    /// queue, the store's progress, keep alive. Everything is polled in place, so the loop keeps
+    /// no future per source between turns: the control line, the socket and the session queue
+    /// keep only the task's waker, and the rest is made once (`stop`, `sleep`) or boxed while
+    /// needed (`waits`).
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        control: &mut ControlReceiver,
+        stop: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
+        sleep: Pin<&mut tokio::time::Sleep>,
+        waits: &mut Waits,
+    ) -> Poll<Event> {
+        if let Poll::Ready(c) = control.poll_recv(cx) {
+            return Poll::Ready(Event::Control(c));
+        }
+        if stop.poll(cx).is_ready() {
+            return Poll::Ready(Event::Shutdown);
+        }
+        let io = &mut self.io;
+        if !io.wbuf.is_empty() || io.unflushed {
+            if let Poll::Ready(r) = poll_write_or_flush(
+                Pin::new(&mut io.stream),
+                cx,
+                &mut io.wbuf,
+                &mut io.unflushed,
+            ) {
+                return Poll::Ready(Event::Wrote(r));
+            }
+        }
+        match &self.paused {
+            Some(hold) => {
+                let wait = waits.drained.get_or_insert_with(|| drained(hold.clone()));
+                if let Poll::Ready(drained) = wait.as_mut().poll(cx) {
+                    waits.drained = None;
+                    return Poll::Ready(Event::Drained(drained));
+                }
+            }
+            None => {
+                let io = &mut self.io;
+                if let Poll::Ready(r) =
+                    poll_read_more(&mut io.stream, cx, &mut io.rbuf, &mut io.read_hint)
+                {
+                    return Poll::Ready(Event::Read(r));
+                }
+            }
+        }
+        if self.session.poll_notified(cx).is_ready() {
+            return Poll::Ready(Event::Notified);
+        }
+        if let (false, Some(committed)) = (self.held_acks.is_empty(), &self.committed) {
+            let wait = waits.committed.get_or_insert_with(|| {
+                let mut committed = committed.clone();
+                Box::pin(async move { committed.changed().await })
+            });
+            if let Poll::Ready(r) = wait.as_mut().poll(cx) {
+                waits.committed = None;
+                return Poll::Ready(Event::Committed(r));
+            }
+        }
+        if !self.keep_alive.is_zero() && sleep.poll(cx).is_ready() {
+            return Poll::Ready(Event::KeepAlive);
+        }
+        Poll::Pending
     }
 
     /// `handle_input`, boxed: its state (a packet, an authorizer's answer) is several times an
@@ -795,7 +897,7 @@ where
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    warn!(error = %e, reason = %e.reason_code(), "malformed input; closing");
+                    warn!(client_id = %self.client_id, peer = %self.info.peer, error = %e, reason = %e.reason_code(), "malformed input; closing");
                     return Err(Close::error(e.reason_code()));
                 }
             };
@@ -868,15 +970,15 @@ where
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
             Packet::Connect(_) => {
-                warn!("second CONNECT [MQTT-3.1.0-2]; closing");
+                warn!(client_id = %self.client_id, peer = %self.info.peer, "second CONNECT [MQTT-3.1.0-2]; closing");
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
             Packet::Auth(_) => {
-                warn!("AUTH without an authentication method in CONNECT; closing");
+                warn!(client_id = %self.client_id, peer = %self.info.peer, "AUTH without an authentication method in CONNECT; closing");
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
             other => {
-                warn!(
+                warn!(client_id = %self.client_id, peer = %self.info.peer,
                     packet = other.name(),
                     "a client may not send this packet; closing"
                 );
@@ -900,7 +1002,7 @@ where
             let max = usize::from(config.mqtt.topic_alias_maximum);
             let slot = usize::from(alias).checked_sub(1).filter(|i| *i < max);
             let Some(slot) = slot else {
-                warn!(
+                warn!(client_id = %self.client_id, peer = %self.info.peer,
                     alias,
                     max, "topic alias out of range [MQTT-3.3.2-9]; closing"
                 );
@@ -910,7 +1012,7 @@ where
                 match self.in_aliases.get(slot).and_then(Option::as_ref) {
                     Some(t) => p.topic = t.clone(),
                     None => {
-                        warn!(alias, "topic alias used before it was set; closing");
+                        warn!(client_id = %self.client_id, peer = %self.info.peer, alias, "topic alias used before it was set; closing");
                         return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
                     }
                 }
@@ -922,11 +1024,11 @@ where
             }
         }
         if p.retain && !config.mqtt.retain_available {
-            warn!(topic = %p.topic, "retained PUBLISH while retain is not available; closing");
+            warn!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, "retained PUBLISH while retain is not available; closing");
             return Err(Close::error(ReasonCode::RETAIN_NOT_SUPPORTED));
         }
         if topic_levels(&p.topic) > config.limits.max_topic_levels {
-            warn!(topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
+            warn!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
             return Err(Close::error(ReasonCode::TOPIC_NAME_INVALID));
         }
         let qos = p.qos;
@@ -950,7 +1052,7 @@ where
             if state.incoming_qos2.len() >= usize::from(config.limits.max_inflight)
                 && self.protocol.is_v5()
             {
-                warn!(
+                warn!(client_id = %self.client_id, peer = %self.info.peer,
                     max = config.limits.max_inflight,
                     "client exceeded our Receive Maximum [MQTT-3.3.4-8]; closing"
                 );
@@ -969,10 +1071,10 @@ where
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            warn!(topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
+            warn!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
             reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
         } else if p.topic.starts_with("$SYS/") || p.topic.as_str() == "$SYS" {
-            debug!(topic = %p.topic, "clients may not publish to $SYS; ignored");
+            debug!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, "clients may not publish to $SYS; ignored");
         } else if let Verdict::Denied { reason: why, by } = self
             .authorize(
                 Action::Publish {
@@ -985,7 +1087,7 @@ where
         {
             // 5.0 says so in the acknowledgement; 3.1.1 has no way to, so the message is
             // acknowledged and dropped, as mosquitto does.
-            info!(topic = %p.topic, backend = %by, reason = %why, "PUBLISH denied by the ACL; dropped");
+            info!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, backend = %by, reason = %why, "PUBLISH denied by the ACL; dropped");
             if self.protocol.is_v5() {
                 reason = ReasonCode::NOT_AUTHORIZED;
             }
@@ -1130,7 +1232,7 @@ where
                     .each(|h| h.rewrite_subscription(info, &mut request));
                 if request.filter != filter {
                     if !topic::valid_topic_filter(&request.filter) {
-                        warn!(filter = %filter, rewritten = %request.filter, "a hook rewrote the filter into an invalid one; refused");
+                        warn!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "a hook rewrote the filter into an invalid one; refused");
                         codes.push(if v5 {
                             ReasonCode::TOPIC_FILTER_INVALID
                         } else {
@@ -1138,7 +1240,7 @@ where
                         });
                         continue;
                     }
-                    debug!(filter = %filter, rewritten = %request.filter, "subscription rewritten by a hook");
+                    debug!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "subscription rewritten by a hook");
                     filter = request.filter;
                 }
                 options.qos = request.qos;
@@ -1147,11 +1249,11 @@ where
             let options = &options;
             let shared = topic::parse_shared(filter).is_some();
             if shared && options.no_local && self.protocol.is_v5() {
-                warn!(filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
+                warn!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
                 return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
             }
             if topic_levels(filter) > self.shared.config.limits.max_topic_levels {
-                warn!(filter = %filter, "filter has too many levels; refused");
+                warn!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, "filter has too many levels; refused");
                 codes.push(if self.protocol.is_v5() {
                     ReasonCode::TOPIC_FILTER_INVALID
                 } else {
@@ -1165,7 +1267,7 @@ where
             };
             let action = Action::Subscribe { qos: options.qos };
             if let Verdict::Denied { reason, by } = self.authorize(action, plain).await {
-                info!(filter = %filter, backend = %by, %reason, "SUBSCRIBE denied by the ACL");
+                info!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, backend = %by, %reason, "SUBSCRIBE denied by the ACL");
                 codes.push(if v5 {
                     ReasonCode::NOT_AUTHORIZED
                 } else {
@@ -1174,7 +1276,7 @@ where
                 continue;
             }
             let result = self.broker.subscribe(&self.session, filter, *options, id);
-            debug!(filter = %filter, qos = options.qos as u8, "subscribed");
+            debug!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, qos = options.qos as u8, "subscribed");
             let info = &self.info;
             self.shared
                 .hooks
@@ -1227,7 +1329,7 @@ where
         if let Some(expiry) = d.properties.session_expiry_interval {
             // MQTT-3.14.2-2: a session that was to end with the connection cannot be extended here.
             if self.session_expiry == 0 && expiry != 0 {
-                warn!(
+                warn!(client_id = %self.client_id, peer = %self.info.peer,
                     "DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]; closing"
                 );
                 return Close::error(ReasonCode::PROTOCOL_ERROR);
@@ -1242,7 +1344,7 @@ where
         } else {
             Departure::Normal
         };
-        info!(reason = %d.reason, "client disconnected");
+        info!(client_id = %self.client_id, peer = %self.info.peer, reason = %d.reason, "client disconnected");
         Close {
             reason: None,
             departure,
@@ -1315,7 +1417,7 @@ where
                 if let Verdict::Denied { reason, by } =
                     self.shared.auth.authorize_read(&self.info, topic)
                 {
-                    debug!(topic = %topic, backend = %by, %reason, "delivery denied by the ACL (read); dropped");
+                    debug!(client_id = %self.client_id, peer = %self.info.peer, topic = %topic, backend = %by, %reason, "delivery denied by the ACL (read); dropped");
                     self.broker.unstore(client_id, &delivery);
                     continue;
                 }
@@ -1455,7 +1557,7 @@ where
             } else if alias.is_some() {
                 self.out_aliases.remove(&m.topic);
             }
-            debug!(topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
+            debug!(client_id = %self.client_id, peer = %self.info.peer, topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
             self.broker
                 .stats
                 .messages_dropped
@@ -1505,57 +1607,69 @@ fn topic_levels(topic: &str) -> usize {
     topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
-/// Resolves with true when the queue a paused connection waits for has drained, with false
-/// when the wait's deadline passed first; never when not paused.
-///
-/// The wait is boxed, allocated only while paused: its timer and waiter would otherwise be room
-/// in every connection's task, idle ones included.
-async fn drained(paused: Option<&(Hold, Instant)>) -> bool {
-    match paused {
-        Some((Hold::Queue(pressure), deadline)) => {
-            Box::pin(tokio::time::timeout_at(*deadline, pressure.drained()))
-                .await
-                .is_ok()
-        }
-        Some((Hold::Bus(backlog), deadline)) => {
-            Box::pin(tokio::time::timeout_at(*deadline, backlog.caught_up()))
-                .await
-                .is_ok()
-        }
-        None => std::future::pending().await,
-    }
+/// What the packet loop's wait (`Client::poll_event`) found.
+enum Event {
+    Control(Option<Control>),
+    Shutdown,
+    Wrote(std::io::Result<()>),
+    Drained(bool),
+    Read(std::io::Result<usize>),
+    Notified,
+    Committed(Result<(), watch::error::RecvError>),
+    KeepAlive,
 }
 
-/// Resolves when the store commits more (never without a store).
-async fn wait_committed(
-    committed: &mut Option<watch::Receiver<u64>>,
-) -> Result<(), watch::error::RecvError> {
-    match committed {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
+/// The packet loop's waits that are made only while needed.
+struct Waits {
+    /// The pause's (`Client::paused`), while paused.
+    drained: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+    /// The store's next commit, while acknowledgements are held.
+    committed: Option<Pin<Box<dyn Future<Output = Committed> + Send>>>,
+}
+
+/// What waiting for the store's next commit gives.
+type Committed = Result<(), watch::error::RecvError>;
+
+/// Resolves with true when the queue a paused connection waits for has drained, with false
+/// when the wait's deadline passed first.
+///
+/// Boxed, allocated only while paused: its timer and waiter would otherwise be room in every
+/// connection's task, idle ones included.
+fn drained(paused: (Hold, Instant)) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+    match paused {
+        (Hold::Queue(pressure), deadline) => Box::pin(async move {
+            tokio::time::timeout_at(deadline, pressure.drained())
+                .await
+                .is_ok()
+        }),
+        (Hold::Bus(backlog), deadline) => Box::pin(async move {
+            tokio::time::timeout_at(deadline, backlog.caught_up())
+                .await
+                .is_ok()
+        }),
     }
 }
 
 /// Writes from `wbuf` once, or flushes once `wbuf` is empty: TLS and WebSocket streams send
-/// what they hold only on flush. Cancel-safe: the buffer and flag change only after the
-/// operation completes.
-async fn write_or_flush<W: AsyncWrite + Unpin>(
-    writer: &mut W,
+/// what they hold only on flush. The buffer and flag change only when the operation completes.
+fn poll_write_or_flush<W: AsyncWrite>(
+    writer: Pin<&mut W>,
+    cx: &mut Context<'_>,
     wbuf: &mut BytesMut,
     unflushed: &mut bool,
-) -> std::io::Result<()> {
+) -> Poll<std::io::Result<()>> {
     if wbuf.is_empty() {
-        writer.flush().await?;
+        ready!(writer.poll_flush(cx))?;
         *unflushed = false;
     } else {
-        let n = writer.write(wbuf).await?;
+        let n = ready!(writer.poll_write(cx, wbuf))?;
         if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
         }
         wbuf.advance(n);
         *unflushed = true;
     }
-    Ok(())
+    Poll::Ready(Ok(()))
 }
 
 thread_local! {
@@ -1565,32 +1679,45 @@ thread_local! {
 }
 
 /// Reads more bytes into `rbuf`. Cancel-safe: it either reads or leaves `rbuf` untouched.
+async fn read_more<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+    hint: &mut usize,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_more(reader, cx, rbuf, hint)).await
+}
+
+/// One read into `rbuf`; `rbuf` is untouched unless it is ready.
 ///
 /// With no partial packet buffered, the read goes into the thread's scratch buffer and `rbuf`
 /// gets an allocation of exactly what came: an idle connection holds no read buffer, and the
 /// packets' views (a client id, a topic filter kept by the subscription index) keep only what
 /// they came in alive. A partial packet is completed in `rbuf` itself, with room that grows
 /// while reads fill it (a busy publisher) and shrinks when they do not.
-async fn read_more<R: AsyncRead + Unpin>(
+fn poll_read_more<R: AsyncRead + Unpin>(
     reader: &mut R,
+    cx: &mut Context<'_>,
     rbuf: &mut BytesMut,
     hint: &mut usize,
-) -> std::io::Result<usize> {
+) -> Poll<std::io::Result<usize>> {
     if rbuf.is_empty() {
-        // Give back what the last read left (payload views still using it keep it alive until
-        // they are done).
-        *rbuf = BytesMut::new();
-        return std::future::poll_fn(|cx| poll_read_scratch(reader, cx, rbuf)).await;
+        if rbuf.capacity() != 0 {
+            // Give back what the last read left (payload views still using it keep it alive
+            // until they are done).
+            *rbuf = BytesMut::new();
+        }
+        return poll_read_scratch(reader, cx, rbuf);
     }
     rbuf.reserve(*hint);
     let room = rbuf.capacity() - rbuf.len();
-    let n = reader.read_buf(rbuf).await?;
+    // `read_buf`'s future keeps nothing between polls but its borrows: polled here in place.
+    let n = ready!(std::pin::pin!(reader.read_buf(rbuf)).poll(cx))?;
     if n == room {
         *hint = (*hint * 2).min(READ_MAX);
     } else if n < *hint / 4 {
         *hint = (*hint / 2).max(READ_MIN);
     }
-    Ok(n)
+    Poll::Ready(Ok(n))
 }
 
 /// One read through the thread's scratch buffer, appended to `rbuf`.

@@ -115,17 +115,18 @@ pub(crate) async fn accept_loop(
                     username: Username::FromConnect,
                     shared,
                     shutdown,
+                    span,
                 });
-                tokio::spawn(connection::serve(accepted, alive).instrument(span));
+                tokio::spawn(connection::serve(accepted, alive));
             }
             other => {
-                tokio::spawn(
-                    async move {
-                        Box::pin(serve_any(socket, peer, local, other, shared, shutdown)).await;
-                        drop(alive);
-                    }
-                    .instrument(span),
-                );
+                tokio::spawn(async move {
+                    Box::pin(serve_any(
+                        socket, peer, local, other, shared, shutdown, span,
+                    ))
+                    .await;
+                    drop(alive);
+                });
             }
         }
     }
@@ -139,8 +140,9 @@ async fn serve_stream<S>(
     username: Username,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    span: Span,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let accepted = Box::new(Accepted {
         stream,
@@ -149,11 +151,13 @@ async fn serve_stream<S>(
         username,
         shared,
         shutdown,
+        span,
     });
     connection::serve(accepted, ()).await;
 }
 
-/// Handshakes, then hands the stream to the connection.
+/// Handshakes, then hands the stream to the connection. The handshakes run in the connection's
+/// span, which the connection then keeps for its admission (see `connection::serve`).
 async fn serve_any(
     socket: TcpStream,
     peer: SocketAddr,
@@ -161,31 +165,44 @@ async fn serve_any(
     transport: Transport,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    span: Span,
 ) {
     let deadline = Instant::now() + Duration::from_secs(shared.config.limits.handshake_timeout);
     match transport {
         Transport::Tcp => {
-            serve_stream(socket, peer, local, Username::FromConnect, shared, shutdown).await;
+            serve_stream(
+                socket,
+                peer,
+                local,
+                Username::FromConnect,
+                shared,
+                shutdown,
+                span,
+            )
+            .await;
         }
         Transport::Tls {
             tls,
             identity_as_username,
         } => {
             let Some((stream, username)) =
-                tls_step(&tls, socket, identity_as_username, deadline, &mut shutdown).await
+                tls_step(&tls, socket, identity_as_username, deadline, &mut shutdown)
+                    .instrument(span.clone())
+                    .await
             else {
                 return;
             };
-            serve_stream(stream, peer, local, username, shared, shutdown).await;
+            serve_stream(stream, peer, local, username, shared, shutdown, span).await;
         }
         Transport::Ws(settings) => {
             let upgrade = ws::accept(socket, peer, &settings);
-            let Some(upgraded) =
-                handshake_step("WebSocket", deadline, &mut shutdown, upgrade).await
+            let Some(upgraded) = handshake_step("WebSocket", deadline, &mut shutdown, upgrade)
+                .instrument(span.clone())
+                .await
             else {
                 return;
             };
-            let peer = forwarded(peer, &upgraded);
+            let peer = forwarded(peer, &upgraded, &span);
             serve_stream(
                 upgraded.stream,
                 peer,
@@ -193,6 +210,7 @@ async fn serve_any(
                 Username::FromConnect,
                 shared,
                 shutdown,
+                span,
             )
             .await;
         }
@@ -202,18 +220,30 @@ async fn serve_any(
             ws,
         } => {
             let Some((stream, username)) =
-                tls_step(&tls, socket, identity_as_username, deadline, &mut shutdown).await
+                tls_step(&tls, socket, identity_as_username, deadline, &mut shutdown)
+                    .instrument(span.clone())
+                    .await
             else {
                 return;
             };
             let upgrade = ws::accept(stream, peer, &ws);
-            let Some(upgraded) =
-                handshake_step("WebSocket", deadline, &mut shutdown, upgrade).await
+            let Some(upgraded) = handshake_step("WebSocket", deadline, &mut shutdown, upgrade)
+                .instrument(span.clone())
+                .await
             else {
                 return;
             };
-            let peer = forwarded(peer, &upgraded);
-            serve_stream(upgraded.stream, peer, local, username, shared, shutdown).await;
+            let peer = forwarded(peer, &upgraded, &span);
+            serve_stream(
+                upgraded.stream,
+                peer,
+                local,
+                username,
+                shared,
+                shutdown,
+                span,
+            )
+            .await;
         }
     }
 }
@@ -261,10 +291,10 @@ async fn handshake_step<T, E: std::fmt::Display>(
 }
 
 /// The client's address after a WebSocket upgrade, recorded in the span when a proxy gave it.
-fn forwarded<S>(peer: SocketAddr, upgraded: &ws::Upgraded<S>) -> SocketAddr {
+fn forwarded<S>(peer: SocketAddr, upgraded: &ws::Upgraded<S>, span: &Span) -> SocketAddr {
     if upgraded.peer != peer {
-        Span::current().record("forwarded_for", tracing::field::display(upgraded.peer.ip()));
+        span.record("forwarded_for", tracing::field::display(upgraded.peer.ip()));
     }
-    debug!(subprotocol = upgraded.subprotocol, "WebSocket upgraded");
+    span.in_scope(|| debug!(subprotocol = upgraded.subprotocol, "WebSocket upgraded"));
     upgraded.peer
 }
