@@ -1507,10 +1507,13 @@ where
 
     /// Sends the held acknowledgements whose store ops are now on disk.
     fn release_acks(&mut self) {
-        let Some(committed) = &self.committed else {
+        let Some(committed) = &mut self.committed else {
             return;
         };
-        let done = *committed.borrow();
+        // Marked seen: the next wait (`Waits::committed`, a clone of this receiver, which
+        // starts from the version this one has seen) then waits for a newer commit instead of
+        // finding this one again at once.
+        let done = *committed.borrow_and_update();
         while self.held_acks.front().is_some_and(|(n, _)| *n <= done) {
             let (_, packet) = self.held_acks.pop_front().expect("front checked");
             encode(&packet, self.protocol, &mut self.io.wbuf);
