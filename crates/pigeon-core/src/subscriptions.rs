@@ -180,10 +180,7 @@ fn next_level(rest: Option<&str>) -> Option<(&str, Option<&str>)> {
 /// The first level of a topic or filter (the whole of it when it has one level).
 #[inline]
 fn first_level(topic: &str) -> &str {
-    match topic.as_bytes().iter().position(|&b| b == b'/') {
-        Some(i) => &topic[..i],
-        None => topic,
-    }
+    next_level(Some(topic)).map_or(topic, |(level, _)| level)
 }
 
 impl SubscriptionIndex {
