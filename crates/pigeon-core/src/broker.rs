@@ -20,7 +20,7 @@ use pigeon_codec::topic::parse_shared;
 use pigeon_codec::{ByteStr, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -95,6 +95,8 @@ pub struct Broker {
     /// While any exists, routing runs under this lock.
     captures: Mutex<HashMap<ByteStr, Capture>>,
     capturing: AtomicUsize,
+    /// Set by `shut_down`.
+    shutting_down: AtomicBool,
     pub stats: Stats,
 }
 
@@ -209,6 +211,7 @@ impl Broker {
             interest: Mutex::new(HashMap::new()),
             captures: Mutex::new(HashMap::new()),
             capturing: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
             stats: Stats::default(),
         }
     }
@@ -426,6 +429,11 @@ impl Broker {
     /// The store's progress, when there is one: acknowledgements wait for their op's number.
     pub fn committed(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.store.as_ref().map(|s| s.committed())
+    }
+
+    /// Store op `op` is on disk (always, without a store; op 0 is no op).
+    pub fn is_committed(&self, op: u64) -> bool {
+        self.store.as_ref().is_none_or(|s| op <= s.last_committed())
     }
 
     /// Waits until every store op submitted so far is committed; at once without a store. A
@@ -1380,14 +1388,24 @@ impl Broker {
             .map(|s| Arc::clone(&s.session))
     }
 
-    /// Asks every connection to close with `reason`; used at shutdown.
-    pub fn disconnect_all(&self, reason: ReasonCode) {
+    /// Starts shutting down: every attached connection is asked to close (`Control::Shutdown`),
+    /// and one attached from now on finds `is_shutting_down` true. The flag is set before the
+    /// registry is walked, so a connection that attaches meanwhile is either in the walk or
+    /// sees the flag when it checks after `attach`.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
         let registry = lock(&self.registry);
         for slot in registry.values() {
             if let Some(c) = &slot.connection {
-                let _ = c.control.try_send(Control::Disconnect(reason));
+                // A connection with a control pending is closing already.
+                let _ = c.control.try_send(Control::Shutdown);
             }
         }
+    }
+
+    /// `shut_down` was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
     pub fn id_of(session: &Session) -> SessionId {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct BusBacklog(Arc<dyn Fn() -> BoxFuture + Send + Sync>);
 
-type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
 
 impl BusBacklog {
     pub fn new(caught_up: impl Fn() -> BoxFuture + Send + Sync + 'static) -> BusBacklog {

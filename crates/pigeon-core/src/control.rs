@@ -15,6 +15,8 @@ use tokio::sync::Notify;
 pub enum Control {
     /// Close the connection, with this reason in a 5.0 DISCONNECT.
     Disconnect(pigeon_codec::ReasonCode),
+    /// The broker is shutting down: close the connection without publishing its will.
+    Shutdown,
 }
 
 struct State {

@@ -277,6 +277,11 @@ impl Persistence {
         self.committed.subscribe()
     }
 
+    /// The number of the last op on disk, now.
+    pub fn last_committed(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
     /// Writes what is pending and stops the writer thread, waiting for both (shutdown).
     pub async fn stop(&self) {
         let target = {

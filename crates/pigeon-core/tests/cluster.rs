@@ -218,7 +218,7 @@ async fn a_client_that_connects_on_another_node_is_closed_here_and_its_session_g
     // The connection is asked to close with 0x8E, then ends as a connection task does.
     match control.recv().await {
         Some(Control::Disconnect(code)) => assert_eq!(code, ReasonCode::SESSION_TAKEN_OVER),
-        None => panic!("no disconnect"),
+        other => panic!("no disconnect: {other:?}"),
     }
     broker.detach(
         &session,

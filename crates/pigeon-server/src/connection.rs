@@ -147,20 +147,20 @@ where
     // backends it calls), and ends with it: a span lives in the subscriber for as long as it is
     // open, about 500 bytes at the default level, as much as the rest of an idle connection's
     // task. The packet loop's own log lines name the client and peer in fields instead.
-    let admitted = Box::pin(
-        admit(stream, peer, listener, username, &shared, shutdown, current).instrument(span),
-    )
-    .await;
-    if let Some(mut admitted) = admitted {
-        let close = admitted
-            .client
-            .run(&mut admitted.control, &mut admitted.shutdown)
-            .await;
-        Box::pin(admitted.client.finish(close)).await;
-        // The control receiver is dropped only now, after `detach`: a connection taking over
-        // this session waits for exactly that.
-        drop(admitted.control);
-    }
+    // `let else`, not `if let`: the scrutinee of an `if let` lives to the end of its block, so
+    // the task would keep room for the `Admitted` twice (the `Option` and the binding).
+    let admission =
+        admit(stream, peer, listener, username, &shared, shutdown, current).instrument(span);
+    let Some(mut admitted) = Box::pin(admission).await else {
+        stats.connections_current.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
+        return;
+    };
+    let close = admitted.client.run(&mut admitted.control).await;
+    Box::pin(admitted.client.finish(close)).await;
+    // The control receiver is dropped only now, after `detach`: a connection taking over this
+    // session waits for exactly that.
+    drop(admitted.control);
     stats.connections_current.fetch_sub(1, Ordering::Relaxed);
     drop(guard);
 }
@@ -176,7 +176,6 @@ fn unbox<T>(b: Box<T>) -> T {
 struct Admitted<'a, S> {
     client: Client<'a, S>,
     control: ControlReceiver,
-    shutdown: watch::Receiver<bool>,
 }
 
 /// Reads CONNECT and runs it through the checks, authentication and the broker's `attach`.
@@ -241,7 +240,7 @@ where
             listener,
             username,
         };
-        return run_client(io, *connect, from, shared, shutdown, over_limit).await;
+        return run_client(io, *connect, from, shared, over_limit).await;
     }
     None
 }
@@ -338,9 +337,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
 struct Client<'a, S> {
     io: Io<S>,
     shared: &'a Shared,
-    broker: &'a Arc<Broker>,
     protocol: Protocol,
-    client_id: ByteStr,
     session: Arc<Session>,
     connection_id: u64,
     /// Will message and its delay in seconds.
@@ -353,23 +350,31 @@ struct Client<'a, S> {
     send_window: usize,
     client_max_packet: u32,
     client_alias_max: u16,
-    out_aliases: HashMap<ByteStr, u16>,
-    in_aliases: Vec<Option<ByteStr>>,
-    /// The store's progress (with a store only).
-    committed: Option<watch::Receiver<u64>>,
-    /// Acknowledgements waiting for the store to hold what they acknowledge, in the order they
-    /// must go out (MQTT-4.6.0-2): (store op number, packet).
-    held_acks: VecDeque<(u64, Packet)>,
-    /// Who the client is, for the authorizers and hooks.
+    /// Who the client is (its id among it), for the authorizers, hooks and log lines.
     info: Arc<ClientInfo>,
     /// Deliveries are checked against the ACL for read access (not for superusers, nor
     /// without authorizers).
     checks_reads: bool,
+    /// The reason of the client's DISCONNECT, for the disconnected hook.
+    client_disconnect: Option<ReasonCode>,
+    /// What most connections never need, made on first use (see `Rare`).
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a connection's state that an idle connection (most of them) does not use:
+/// boxed, so that they cost it one pointer instead of some 230 bytes in its task.
+#[derive(Default)]
+struct Rare {
+    out_aliases: HashMap<ByteStr, u16>,
+    in_aliases: Vec<Option<ByteStr>>,
+    /// The store's progress, followed while acknowledgements are held.
+    committed: Option<watch::Receiver<u64>>,
+    /// Acknowledgements waiting for the store to hold what they acknowledge, in the order they
+    /// must go out (MQTT-4.6.0-2): (store op number, packet).
+    held_acks: VecDeque<(u64, Packet)>,
     /// QoS 0 messages written in one drain, for the delivered hook, which runs after the
     /// session lock is released. Reused between drains.
     delivered: Vec<Arc<Message>>,
-    /// The reason of the client's DISCONNECT, for the disconnected hook.
-    client_disconnect: Option<ReasonCode>,
     /// Set while this connection does not read its socket because a message it published found
     /// a subscriber's queue above high water: until that queue drains or the deadline passes.
     /// TCP then slows the client down, so a message is not read (nor, at QoS 1, acknowledged)
@@ -378,6 +383,8 @@ struct Client<'a, S> {
     /// speed only to drop most of what they send starves the subscriber's connection of CPU,
     /// and the bound keeps one stuck subscriber from holding them up for longer than once.
     paused: Option<(Hold, Instant)>,
+    /// The packet loop's waits for the two above.
+    waits: Waits,
 }
 
 /// What a paused connection waits for.
@@ -394,7 +401,6 @@ async fn run_client<S>(
     connect: Connect,
     from: Origin,
     shared: &Shared,
-    shutdown: watch::Receiver<bool>,
     over_limit: bool,
 ) -> Option<Admitted<'_, S>>
 where
@@ -616,9 +622,7 @@ where
     let mut client = Client {
         io,
         shared,
-        broker,
         protocol,
-        client_id: client_id.clone(),
         session,
         connection_id,
         will,
@@ -628,16 +632,10 @@ where
         send_window: receive_max.min(max_inflight),
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
-        out_aliases: HashMap::new(),
-        // Grown on first use: most clients never set an alias.
-        in_aliases: Vec::new(),
-        committed: broker.committed(),
-        held_acks: VecDeque::new(),
         checks_reads: shared.auth.checks_reads(&info),
         info,
-        delivered: Vec::new(),
         client_disconnect: None,
-        paused: None,
+        rare: None,
     };
 
     let mut properties = ConnAckProperties::default();
@@ -669,7 +667,6 @@ where
     Some(Admitted {
         client,
         control: control_rx,
-        shutdown,
     })
 }
 
@@ -687,76 +684,71 @@ impl<S> Client<'_, S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    async fn run(
-        &mut self,
-        control: &mut ControlReceiver,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Close {
+    async fn run(&mut self, control: &mut ControlReceiver) -> Close {
+        // Shutdown comes through the control line (`Broker::shut_down`); a connection attached
+        // after it began was not asked, and finds the flag set.
+        if self.shared.broker.is_shutting_down() {
+            return Close {
+                reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
+                departure: Departure::Shutdown,
+            };
+        }
         let keep_alive = self.keep_alive;
+        // Made once for the whole loop, and reset; not once per turn.
         let sleep = tokio::time::sleep(if keep_alive.is_zero() {
             Duration::from_secs(86_400)
         } else {
             keep_alive
         });
         tokio::pin!(sleep);
-        // Waits for the whole loop: made once, not once per turn.
-        let stop = shutdown.changed();
-        tokio::pin!(stop);
-        // The waits that only a paused connection and one holding acknowledgements need, boxed
-        // while needed: an idle connection carries two empty pointers for them.
-        let mut waits = Waits {
-            drained: None,
-            committed: None,
-        };
         // Packets that came in the same read as CONNECT are already buffered.
         if let Err(close) = self.handle_read().await {
             return close;
         }
         loop {
             self.drain_queue();
-            let event = std::future::poll_fn(|cx| {
-                self.poll_event(cx, control, stop.as_mut(), sleep.as_mut(), &mut waits)
-            })
-            .await;
+            let event =
+                std::future::poll_fn(|cx| self.poll_event(cx, control, sleep.as_mut())).await;
             match event {
-                Event::Control(c) => {
-                    // A closed channel: the broker stopped waiting for this connection to close
-                    // after a takeover and dropped its handle; it is taken over all the same.
-                    let reason = match c {
-                        Some(Control::Disconnect(reason)) => reason,
-                        None => ReasonCode::SESSION_TAKEN_OVER,
-                    };
-                    info!(client_id = %self.client_id, peer = %self.info.peer, reason = %reason, "closing connection at the broker's request");
-                    return Close {
-                        reason: Some(reason),
-                        departure: Departure::WithWill,
-                    };
-                }
-                Event::Shutdown => {
+                Event::Control(Some(Control::Shutdown)) => {
                     return Close {
                         reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
                         departure: Departure::Shutdown,
                     };
                 }
+                Event::Control(c) => {
+                    // A closed channel: the broker stopped waiting for this connection to close
+                    // after a takeover and dropped its handle; it is taken over all the same.
+                    let reason = match c {
+                        Some(Control::Disconnect(reason)) => reason,
+                        Some(Control::Shutdown) => unreachable!("matched above"),
+                        None => ReasonCode::SESSION_TAKEN_OVER,
+                    };
+                    info!(client_id = %self.info.client_id, peer = %self.info.peer, reason = %reason, "closing connection at the broker's request");
+                    return Close {
+                        reason: Some(reason),
+                        departure: Departure::WithWill,
+                    };
+                }
                 Event::Wrote(Ok(())) => {}
                 Event::Wrote(Err(e)) => {
-                    debug!(client_id = %self.client_id, peer = %self.info.peer, error = %e, "write failed");
+                    debug!(client_id = %self.info.client_id, peer = %self.info.peer, error = %e, "write failed");
                     return Close {
                         reason: None,
                         departure: Departure::WithWill,
                     };
                 }
                 Event::Drained(drained) => {
+                    let paused = self.rare.as_mut().and_then(|r| r.paused.take());
                     if !drained {
-                        if let Some((Hold::Queue(pressure), _)) = &self.paused {
+                        if let Some((Hold::Queue(pressure), _)) = &paused {
                             pressure.stalled();
                         }
-                        debug!(client_id = %self.client_id, peer = %self.info.peer,
+                        debug!(client_id = %self.info.client_id, peer = %self.info.peer,
                             wait_ms = PUBLISHER_WAIT.as_millis() as u64,
                             "a subscriber's queue did not drain in time; reading again"
                         );
                     }
-                    self.paused = None;
                     // The time spent not reading is not held against the client's keep alive.
                     self.last_received = Instant::now();
                     if let Err(close) = self.handle_read().await {
@@ -764,7 +756,7 @@ where
                     }
                 }
                 Event::Read(Ok(0)) => {
-                    info!(client_id = %self.client_id, peer = %self.info.peer, "connection closed by the client without DISCONNECT");
+                    info!(client_id = %self.info.client_id, peer = %self.info.peer, "connection closed by the client without DISCONNECT");
                     return Close {
                         reason: None,
                         departure: Departure::WithWill,
@@ -776,7 +768,7 @@ where
                     }
                 }
                 Event::Read(Err(e)) => {
-                    info!(client_id = %self.client_id, peer = %self.info.peer, error = %e, "connection lost");
+                    info!(client_id = %self.info.client_id, peer = %self.info.peer, error = %e, "connection lost");
                     return Close {
                         reason: None,
                         departure: Departure::WithWill,
@@ -795,8 +787,8 @@ where
                     let now = Instant::now();
                     if now < deadline {
                         sleep.as_mut().reset(deadline);
-                    } else if self.paused.is_none() {
-                        info!(client_id = %self.client_id, peer = %self.info.peer,
+                    } else if !self.is_paused() {
+                        info!(client_id = %self.info.client_id, peer = %self.info.peer,
                             keep_alive_ms = keep_alive.as_millis() as u64,
                             "keep alive timed out"
                         );
@@ -811,24 +803,19 @@ where
     }
 
     /// The packet loop's one wait: what is ready first, in this order (the order of priority):
-    /// the broker's control line, shutdown, writing, the end of a pause, reading, the session
-    /// queue, the store's progress, keep alive. Everything is polled in place, so the loop keeps
-    /// no future per source between turns: the control line, the socket and the session queue
-    /// keep only the task's waker, and the rest is made once (`stop`, `sleep`) or boxed while
-    /// needed (`waits`).
+    /// the broker's control line (takeover, shutdown), writing, the end of a pause, reading, the
+    /// session queue, the store's progress, keep alive. Everything is polled in place, so the
+    /// loop keeps no future per source between turns: the control line, the socket and the
+    /// session queue keep only the task's waker, the keep alive timer is made once, and the
+    /// waits of a pause and of held acknowledgements are boxed in `Rare` while needed.
     fn poll_event(
         &mut self,
         cx: &mut Context<'_>,
         control: &mut ControlReceiver,
-        stop: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
         sleep: Pin<&mut tokio::time::Sleep>,
-        waits: &mut Waits,
     ) -> Poll<Event> {
         if let Poll::Ready(c) = control.poll_recv(cx) {
             return Poll::Ready(Event::Control(c));
-        }
-        if stop.poll(cx).is_ready() {
-            return Poll::Ready(Event::Shutdown);
         }
         let io = &mut self.io;
         if !io.wbuf.is_empty() || io.unflushed {
@@ -841,9 +828,12 @@ where
                 return Poll::Ready(Event::Wrote(r));
             }
         }
-        match &self.paused {
+        let rare = self.rare.as_deref_mut();
+        match rare.as_ref().and_then(|r| r.paused.as_ref()) {
             Some(hold) => {
-                let wait = waits.drained.get_or_insert_with(|| drained(hold.clone()));
+                let hold = hold.clone();
+                let waits = &mut rare.expect("paused is in rare").waits;
+                let wait = waits.drained.get_or_insert_with(|| drained(hold));
                 if let Poll::Ready(drained) = wait.as_mut().poll(cx) {
                     waits.drained = None;
                     return Poll::Ready(Event::Drained(drained));
@@ -861,20 +851,32 @@ where
         if self.session.poll_notified(cx).is_ready() {
             return Poll::Ready(Event::Notified);
         }
-        if let (false, Some(committed)) = (self.held_acks.is_empty(), &self.committed) {
-            let wait = waits.committed.get_or_insert_with(|| {
-                let mut committed = committed.clone();
-                Box::pin(async move { committed.changed().await })
-            });
-            if let Poll::Ready(r) = wait.as_mut().poll(cx) {
-                waits.committed = None;
-                return Poll::Ready(Event::Committed(r));
+        if let Some(rare) = self.rare.as_deref_mut() {
+            if let (false, Some(committed)) = (rare.held_acks.is_empty(), &rare.committed) {
+                let wait = rare.waits.committed.get_or_insert_with(|| {
+                    let mut committed = committed.clone();
+                    Box::pin(async move { committed.changed().await })
+                });
+                if let Poll::Ready(r) = wait.as_mut().poll(cx) {
+                    rare.waits.committed = None;
+                    return Poll::Ready(Event::Committed(r));
+                }
             }
         }
         if !self.keep_alive.is_zero() && sleep.poll(cx).is_ready() {
             return Poll::Ready(Event::KeepAlive);
         }
         Poll::Pending
+    }
+
+    /// The state most connections never need, made now if it was not.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Reading is paused (see `Rare::paused`).
+    fn is_paused(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.paused.is_some())
     }
 
     /// `handle_input`, boxed: its state (a packet, an authorizer's answer) is several times an
@@ -887,7 +889,7 @@ where
     /// backend answers after I/O; packets are handled in order either way.
     async fn handle_input(&mut self) -> Result<(), Close> {
         // A pause leaves the rest of the read buffer for when it ends.
-        while self.paused.is_none() {
+        while !self.is_paused() {
             let packet = match self.io.decoder.decode(&mut self.io.rbuf) {
                 // Keep alive counts whole Control Packets [MQTT-3.1.2-22] (5.0), not bytes: a
                 // packet trickled a byte at a time does not hold the connection open.
@@ -897,7 +899,7 @@ where
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    warn!(client_id = %self.client_id, peer = %self.info.peer, error = %e, reason = %e.reason_code(), "malformed input; closing");
+                    warn!(client_id = %self.info.client_id, peer = %self.info.peer, error = %e, reason = %e.reason_code(), "malformed input; closing");
                     return Err(Close::error(e.reason_code()));
                 }
             };
@@ -934,10 +936,12 @@ where
                     let known = state.incoming_qos2.remove(&r.packet_id);
                     if known {
                         let client_id = self.session.client_id();
-                        self.broker.persist(&state, || StoreOp::IncomingDelete {
-                            client_id: client_id.clone(),
-                            packet_id: r.packet_id,
-                        });
+                        self.shared
+                            .broker
+                            .persist(&state, || StoreOp::IncomingDelete {
+                                client_id: client_id.clone(),
+                                packet_id: r.packet_id,
+                            });
                     }
                     known
                 };
@@ -970,15 +974,15 @@ where
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
             Packet::Connect(_) => {
-                warn!(client_id = %self.client_id, peer = %self.info.peer, "second CONNECT [MQTT-3.1.0-2]; closing");
+                warn!(client_id = %self.info.client_id, peer = %self.info.peer, "second CONNECT [MQTT-3.1.0-2]; closing");
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
             Packet::Auth(_) => {
-                warn!(client_id = %self.client_id, peer = %self.info.peer, "AUTH without an authentication method in CONNECT; closing");
+                warn!(client_id = %self.info.client_id, peer = %self.info.peer, "AUTH without an authentication method in CONNECT; closing");
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
             other => {
-                warn!(client_id = %self.client_id, peer = %self.info.peer,
+                warn!(client_id = %self.info.client_id, peer = %self.info.peer,
                     packet = other.name(),
                     "a client may not send this packet; closing"
                 );
@@ -1002,33 +1006,35 @@ where
             let max = usize::from(config.mqtt.topic_alias_maximum);
             let slot = usize::from(alias).checked_sub(1).filter(|i| *i < max);
             let Some(slot) = slot else {
-                warn!(client_id = %self.client_id, peer = %self.info.peer,
+                warn!(client_id = %self.info.client_id, peer = %self.info.peer,
                     alias,
                     max, "topic alias out of range [MQTT-3.3.2-9]; closing"
                 );
                 return Err(Close::error(ReasonCode::TOPIC_ALIAS_INVALID));
             };
             if p.topic.is_empty() {
-                match self.in_aliases.get(slot).and_then(Option::as_ref) {
+                let known = self.rare.as_ref().and_then(|r| r.in_aliases.get(slot));
+                match known.and_then(Option::as_ref) {
                     Some(t) => p.topic = t.clone(),
                     None => {
-                        warn!(client_id = %self.client_id, peer = %self.info.peer, alias, "topic alias used before it was set; closing");
+                        warn!(client_id = %self.info.client_id, peer = %self.info.peer, alias, "topic alias used before it was set; closing");
                         return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
                     }
                 }
             } else {
-                if slot >= self.in_aliases.len() {
-                    self.in_aliases.resize(slot + 1, None);
+                let aliases = &mut self.rare().in_aliases;
+                if slot >= aliases.len() {
+                    aliases.resize(slot + 1, None);
                 }
-                self.in_aliases[slot] = Some(p.topic.clone());
+                aliases[slot] = Some(p.topic.clone());
             }
         }
         if p.retain && !config.mqtt.retain_available {
-            warn!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, "retained PUBLISH while retain is not available; closing");
+            warn!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, "retained PUBLISH while retain is not available; closing");
             return Err(Close::error(ReasonCode::RETAIN_NOT_SUPPORTED));
         }
         if topic_levels(&p.topic) > config.limits.max_topic_levels {
-            warn!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
+            warn!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
             return Err(Close::error(ReasonCode::TOPIC_NAME_INVALID));
         }
         let qos = p.qos;
@@ -1052,7 +1058,7 @@ where
             if state.incoming_qos2.len() >= usize::from(config.limits.max_inflight)
                 && self.protocol.is_v5()
             {
-                warn!(client_id = %self.client_id, peer = %self.info.peer,
+                warn!(client_id = %self.info.client_id, peer = %self.info.peer,
                     max = config.limits.max_inflight,
                     "client exceeded our Receive Maximum [MQTT-3.3.4-8]; closing"
                 );
@@ -1062,7 +1068,7 @@ where
             // Recorded before routing, so the store never holds the routed copies without the
             // id that keeps a resent PUBLISH from being routed again after a restart.
             let client_id = self.session.client_id();
-            wait_for = self.broker.persist(&state, || StoreOp::IncomingPut {
+            wait_for = self.shared.broker.persist(&state, || StoreOp::IncomingPut {
                 client_id: client_id.clone(),
                 packet_id,
             });
@@ -1071,10 +1077,10 @@ where
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            warn!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
+            warn!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
             reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
         } else if p.topic.starts_with("$SYS/") || p.topic.as_str() == "$SYS" {
-            debug!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, "clients may not publish to $SYS; ignored");
+            debug!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, "clients may not publish to $SYS; ignored");
         } else if let Verdict::Denied { reason: why, by } = self
             .authorize(
                 Action::Publish {
@@ -1087,7 +1093,7 @@ where
         {
             // 5.0 says so in the acknowledgement; 3.1.1 has no way to, so the message is
             // acknowledged and dropped, as mosquitto does.
-            info!(client_id = %self.client_id, peer = %self.info.peer, topic = %p.topic, backend = %by, reason = %why, "PUBLISH denied by the ACL; dropped");
+            info!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, backend = %by, reason = %why, "PUBLISH denied by the ACL; dropped");
             if self.protocol.is_v5() {
                 reason = ReasonCode::NOT_AUTHORIZED;
             }
@@ -1098,13 +1104,13 @@ where
                 qos,
                 p.retain,
                 p.properties,
-                Some(self.client_id.clone()),
+                Some(self.info.client_id.clone()),
             );
             let message = Arc::new(message);
             let mut outcome = if self.shared.hooks.is_empty() {
-                self.broker.publish(message)
+                self.shared.broker.publish(message)
             } else {
-                let outcome = self.broker.publish(Arc::clone(&message));
+                let outcome = self.shared.broker.publish(Arc::clone(&message));
                 let info = &self.info;
                 self.shared
                     .hooks
@@ -1120,16 +1126,17 @@ where
                 reason = ReasonCode::QUOTA_EXCEEDED;
             } else if outcome.routed == 0
                 && self.protocol.is_v5()
-                && self.broker.cluster().is_none()
+                && self.shared.broker.cluster().is_none()
             {
                 // (In a cluster, subscribers on other nodes are not known here.)
                 reason = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }
-            if self.paused.is_none() {
-                if let Some(backlog) = self.broker.cluster().and_then(|bus| bus.backlog()) {
+            if !self.is_paused() {
+                if let Some(backlog) = self.shared.broker.cluster().and_then(|bus| bus.backlog()) {
                     // The cluster bus is behind: read no more of this publisher until it
                     // catches up (writing and the rest go on, as for a full queue).
-                    self.paused = Some((Hold::Bus(backlog), Instant::now() + PUBLISHER_WAIT));
+                    self.rare().paused =
+                        Some((Hold::Bus(backlog), Instant::now() + PUBLISHER_WAIT));
                 }
             }
         }
@@ -1149,10 +1156,12 @@ where
                     let mut state = self.session.lock();
                     state.incoming_qos2.remove(&packet_id);
                     let client_id = self.session.client_id();
-                    self.broker.persist(&state, || StoreOp::IncomingDelete {
-                        client_id: client_id.clone(),
-                        packet_id,
-                    });
+                    self.shared
+                        .broker
+                        .persist(&state, || StoreOp::IncomingDelete {
+                            client_id: client_id.clone(),
+                            packet_id,
+                        });
                 }
                 self.ack(
                     wait_for,
@@ -1175,7 +1184,7 @@ where
         if self.session.is_congested() {
             return;
         }
-        self.paused = Some((Hold::Queue(pressure), Instant::now() + PUBLISHER_WAIT));
+        self.rare().paused = Some((Hold::Queue(pressure), Instant::now() + PUBLISHER_WAIT));
     }
 
     fn on_pubrec(&mut self, r: PubResp) {
@@ -1194,7 +1203,7 @@ where
                         seq: o.delivery.seq,
                         entry: queue_entry(o),
                     };
-                    self.broker.persist(&state, || op);
+                    self.shared.broker.persist(&state, || op);
                 }
                 true
             }
@@ -1232,7 +1241,7 @@ where
                     .each(|h| h.rewrite_subscription(info, &mut request));
                 if request.filter != filter {
                     if !topic::valid_topic_filter(&request.filter) {
-                        warn!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "a hook rewrote the filter into an invalid one; refused");
+                        warn!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "a hook rewrote the filter into an invalid one; refused");
                         codes.push(if v5 {
                             ReasonCode::TOPIC_FILTER_INVALID
                         } else {
@@ -1240,7 +1249,7 @@ where
                         });
                         continue;
                     }
-                    debug!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "subscription rewritten by a hook");
+                    debug!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "subscription rewritten by a hook");
                     filter = request.filter;
                 }
                 options.qos = request.qos;
@@ -1249,11 +1258,11 @@ where
             let options = &options;
             let shared = topic::parse_shared(filter).is_some();
             if shared && options.no_local && self.protocol.is_v5() {
-                warn!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
+                warn!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
                 return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
             }
             if topic_levels(filter) > self.shared.config.limits.max_topic_levels {
-                warn!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, "filter has too many levels; refused");
+                warn!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, "filter has too many levels; refused");
                 codes.push(if self.protocol.is_v5() {
                     ReasonCode::TOPIC_FILTER_INVALID
                 } else {
@@ -1267,7 +1276,7 @@ where
             };
             let action = Action::Subscribe { qos: options.qos };
             if let Verdict::Denied { reason, by } = self.authorize(action, plain).await {
-                info!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, backend = %by, %reason, "SUBSCRIBE denied by the ACL");
+                info!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, backend = %by, %reason, "SUBSCRIBE denied by the ACL");
                 codes.push(if v5 {
                     ReasonCode::NOT_AUTHORIZED
                 } else {
@@ -1275,8 +1284,11 @@ where
                 });
                 continue;
             }
-            let result = self.broker.subscribe(&self.session, filter, *options, id);
-            debug!(client_id = %self.client_id, peer = %self.info.peer, filter = %filter, qos = options.qos as u8, "subscribed");
+            let result = self
+                .shared
+                .broker
+                .subscribe(&self.session, filter, *options, id);
+            debug!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, qos = options.qos as u8, "subscribed");
             let info = &self.info;
             self.shared
                 .hooks
@@ -1300,7 +1312,7 @@ where
         let mut codes = Vec::with_capacity(u.filters.len());
         let mut wait_for = 0;
         for filter in &u.filters {
-            let removed = self.broker.unsubscribe(&self.session, filter);
+            let removed = self.shared.broker.unsubscribe(&self.session, filter);
             wait_for = wait_for.max(removed.unwrap_or(0));
             if removed.is_some() {
                 let info = &self.info;
@@ -1329,7 +1341,7 @@ where
         if let Some(expiry) = d.properties.session_expiry_interval {
             // MQTT-3.14.2-2: a session that was to end with the connection cannot be extended here.
             if self.session_expiry == 0 && expiry != 0 {
-                warn!(client_id = %self.client_id, peer = %self.info.peer,
+                warn!(client_id = %self.info.client_id, peer = %self.info.peer,
                     "DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]; closing"
                 );
                 return Close::error(ReasonCode::PROTOCOL_ERROR);
@@ -1344,7 +1356,7 @@ where
         } else {
             Departure::Normal
         };
-        info!(client_id = %self.client_id, peer = %self.info.peer, reason = %d.reason, "client disconnected");
+        info!(client_id = %self.info.client_id, peer = %self.info.peer, reason = %d.reason, "client disconnected");
         Close {
             reason: None,
             departure,
@@ -1409,7 +1421,7 @@ where
             let seq = delivery.seq;
             let client_id = session.client_id();
             if delivery.message.is_expired(now) {
-                self.broker.unstore(client_id, &delivery);
+                self.shared.broker.unstore(client_id, &delivery);
                 continue;
             }
             if self.checks_reads {
@@ -1417,8 +1429,8 @@ where
                 if let Verdict::Denied { reason, by } =
                     self.shared.auth.authorize_read(&self.info, topic)
                 {
-                    debug!(client_id = %self.client_id, peer = %self.info.peer, topic = %topic, backend = %by, %reason, "delivery denied by the ACL (read); dropped");
-                    self.broker.unstore(client_id, &delivery);
+                    debug!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %topic, backend = %by, %reason, "delivery denied by the ACL (read); dropped");
+                    self.shared.broker.unstore(client_id, &delivery);
                     continue;
                 }
             }
@@ -1438,10 +1450,10 @@ where
                 // PUBACK (resent under a new id after a restart, which QoS 1 allows); QoS 2 must
                 // keep its packet id across a restart (MQTT-4.3.3: the receiver deduplicates by id).
                 if !written || out.delivery.qos == QoS::AtMostOnce {
-                    self.broker.unstore(client_id, &out.delivery);
+                    self.shared.broker.unstore(client_id, &out.delivery);
                 } else if out.delivery.qos == QoS::ExactlyOnce {
                     let entry = queue_entry(&out);
-                    self.broker.persist(&state, || StoreOp::QueuePut {
+                    self.shared.broker.persist(&state, || StoreOp::QueuePut {
                         client_id: client_id.clone(),
                         seq,
                         entry,
@@ -1455,19 +1467,22 @@ where
             if out.delivery.qos != QoS::AtMostOnce {
                 state.inflight.push_back(out);
             } else if !self.shared.hooks.is_empty() {
-                self.delivered.push(out.delivery.message);
+                self.rare().delivered.push(out.delivery.message);
             }
         }
         drop(state);
         // Hooks run without the session lock: one that publishes to this client must not
         // deadlock on it.
-        for message in self.delivered.drain(..) {
-            let info = &self.info;
-            self.shared
-                .hooks
-                .each(|h| h.message_delivered(info, &message, QoS::AtMostOnce));
+        if let Some(rare) = self.rare.as_deref_mut() {
+            for message in rare.delivered.drain(..) {
+                let info = &self.info;
+                self.shared
+                    .hooks
+                    .each(|h| h.message_delivered(info, &message, QoS::AtMostOnce));
+            }
         }
-        self.broker
+        self.shared
+            .broker
             .stats
             .messages_sent
             .fetch_add(sent, Ordering::Relaxed);
@@ -1478,7 +1493,8 @@ where
     fn acknowledged(&mut self, packet_id: u16, stage: OutStage) -> Option<Outgoing> {
         let mut state = self.session.lock();
         let done = state.take_inflight(packet_id, stage)?;
-        self.broker
+        self.shared
+            .broker
             .unstore(self.session.client_id(), &done.delivery);
         Some(done)
     }
@@ -1494,28 +1510,33 @@ where
     /// Sends an acknowledgement once store op `wait_for` is on disk (at once without a store or
     /// when 0), keeping acknowledgements in the order they were made.
     fn ack(&mut self, wait_for: u64, packet: Packet) {
-        let durable = match &self.committed {
-            Some(committed) => wait_for <= *committed.borrow(),
-            None => true,
-        };
-        if durable && self.held_acks.is_empty() {
+        let holding = self.rare.as_ref().is_some_and(|r| !r.held_acks.is_empty());
+        if !holding && self.shared.broker.is_committed(wait_for) {
             self.send(&packet);
-        } else {
-            self.held_acks.push_back((wait_for, packet));
+            return;
         }
+        let broker = &self.shared.broker;
+        let rare = self.rare.get_or_insert_with(Box::default);
+        if rare.committed.is_none() {
+            rare.committed = broker.committed();
+        }
+        rare.held_acks.push_back((wait_for, packet));
     }
 
     /// Sends the held acknowledgements whose store ops are now on disk.
     fn release_acks(&mut self) {
-        let Some(committed) = &mut self.committed else {
+        let Some(rare) = self.rare.as_deref_mut() else {
+            return;
+        };
+        let Some(committed) = &mut rare.committed else {
             return;
         };
         // Marked seen: the next wait (`Waits::committed`, a clone of this receiver, which
         // starts from the version this one has seen) then waits for a newer commit instead of
         // finding this one again at once.
         let done = *committed.borrow_and_update();
-        while self.held_acks.front().is_some_and(|(n, _)| *n <= done) {
-            let (_, packet) = self.held_acks.pop_front().expect("front checked");
+        while rare.held_acks.front().is_some_and(|(n, _)| *n <= done) {
+            let (_, packet) = rare.held_acks.pop_front().expect("front checked");
             encode(&packet, self.protocol, &mut self.io.wbuf);
         }
     }
@@ -1529,14 +1550,16 @@ where
         let mut topic: &str = &m.topic;
         let mut alias = None;
         if v5 && self.client_alias_max > 0 {
-            match self.out_aliases.get(&m.topic) {
+            let max = usize::from(self.client_alias_max);
+            let aliases = &mut self.rare().out_aliases;
+            match aliases.get(&m.topic) {
                 Some(&a) => {
                     alias = Some(a);
                     topic = "";
                 }
-                None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
-                    let a = self.out_aliases.len() as u16 + 1;
-                    self.out_aliases.insert(m.topic.clone(), a);
+                None if aliases.len() < max => {
+                    let a = aliases.len() as u16 + 1;
+                    aliases.insert(m.topic.clone(), a);
                     alias = Some(a);
                 }
                 None => {}
@@ -1558,10 +1581,11 @@ where
             if topic.is_empty() {
                 // Alias just assigned for a packet we do not send: the client never learned it.
             } else if alias.is_some() {
-                self.out_aliases.remove(&m.topic);
+                self.rare().out_aliases.remove(&m.topic);
             }
-            debug!(client_id = %self.client_id, peer = %self.info.peer, topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
-            self.broker
+            debug!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
+            self.shared
+                .broker
                 .stats
                 .messages_dropped
                 .fetch_add(1, Ordering::Relaxed);
@@ -1590,7 +1614,8 @@ where
         }
         self.io.flush_best_effort().await;
         let will = self.will.take();
-        self.broker
+        self.shared
+            .broker
             .detach(&self.session, self.connection_id, close.departure, will);
         if !self.shared.hooks.is_empty() {
             let how = match (self.client_disconnect, close.reason) {
@@ -1613,7 +1638,6 @@ fn topic_levels(topic: &str) -> usize {
 /// What the packet loop's wait (`Client::poll_event`) found.
 enum Event {
     Control(Option<Control>),
-    Shutdown,
     Wrote(std::io::Result<()>),
     Drained(bool),
     Read(std::io::Result<usize>),
@@ -1623,11 +1647,12 @@ enum Event {
 }
 
 /// The packet loop's waits that are made only while needed.
+#[derive(Default)]
 struct Waits {
     /// The pause's (`Client::paused`), while paused.
-    drained: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+    drained: Option<Pin<Box<dyn Future<Output = bool> + Send + Sync>>>,
     /// The store's next commit, while acknowledgements are held.
-    committed: Option<Pin<Box<dyn Future<Output = Committed> + Send>>>,
+    committed: Option<Pin<Box<dyn Future<Output = Committed> + Send + Sync>>>,
 }
 
 /// What waiting for the store's next commit gives.
@@ -1638,7 +1663,7 @@ type Committed = Result<(), watch::error::RecvError>;
 ///
 /// Boxed, allocated only while paused: its timer and waiter would otherwise be room in every
 /// connection's task, idle ones included.
-fn drained(paused: (Hold, Instant)) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+fn drained(paused: (Hold, Instant)) -> Pin<Box<dyn Future<Output = bool> + Send + Sync>> {
     match paused {
         (Hold::Queue(pressure), deadline) => Box::pin(async move {
             tokio::time::timeout_at(deadline, pressure.drained())

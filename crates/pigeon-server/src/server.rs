@@ -431,7 +431,10 @@ impl Server {
         drop(alive_tx);
         shutdown.await;
         info!("shutting down: closing listeners and connections");
+        // Listeners and connections still in admission follow `stop`; attached ones are told
+        // through their control lines.
         let _ = stop_tx.send(true);
+        self.shared.broker.shut_down();
         // Every connection task holds a clone of `alive_tx`; recv() returns None once all ended.
         if tokio::time::timeout(Duration::from_secs(10), alive_rx.recv())
             .await
