@@ -329,7 +329,7 @@ impl Broker {
                         id: sub_id,
                     },
                 );
-                state.subscriptions.insert(
+                state.subscriptions.make().insert(
                     filter,
                     SubscriptionRecord {
                         options,
@@ -373,7 +373,9 @@ impl Broker {
                     }
                 }
             }
-            state.incoming_qos2.extend(loaded.incoming);
+            if !loaded.incoming.is_empty() {
+                state.incoming_qos2.make().extend(loaded.incoming);
+            }
         }
         let left = |since: Option<u64>, total: u32| -> u64 {
             let gone = since
@@ -814,7 +816,7 @@ impl Broker {
             state.queued_bytes = 0;
             state.inflight.clear();
             state.stored = false;
-            state.subscriptions.drain().map(|(f, _)| f).collect()
+            state.subscriptions.take().into_keys().collect()
         };
         for filter in &filters {
             let (group, plain) = split_filter(filter);
@@ -908,14 +910,14 @@ impl Broker {
             state.queue.clear();
             state.queued_bytes = 0;
             state.inflight.clear();
-            state.incoming_qos2.clear();
+            state.incoming_qos2.take();
             if state.stored {
                 self.persist_op(StoreOp::SessionDelete {
                     client_id: session.client_id().clone(),
                 });
                 state.stored = false;
             }
-            let filters: Vec<ByteStr> = state.subscriptions.drain().map(|(f, _)| f).collect();
+            let filters: Vec<ByteStr> = state.subscriptions.take().into_keys().collect();
             (filters, state.pending_will.take())
         };
         let index = &self.index;
@@ -1307,6 +1309,7 @@ impl Broker {
             let mut state = session.lock();
             let existed = state
                 .subscriptions
+                .make()
                 .insert(filter.clone(), SubscriptionRecord { options, id })
                 .is_some();
             if !existed {
@@ -1367,7 +1370,7 @@ impl Broker {
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &ByteStr) -> Option<u64> {
         let (group, plain) = split_filter(filter);
         let mut state = session.lock();
-        state.subscriptions.remove(filter.as_str())?;
+        state.subscriptions.get_mut()?.remove(filter.as_str())?;
         self.index.remove(plain, group, session.id());
         self.count_interest(filter, false);
         Some(self.persist(&state, || StoreOp::SubscriptionDelete {

@@ -933,7 +933,8 @@ where
             Packet::PubRel(r) => {
                 let known = {
                     let mut state = self.session.lock();
-                    let known = state.incoming_qos2.remove(&r.packet_id);
+                    let known =
+                        (state.incoming_qos2.get_mut()).is_some_and(|ids| ids.remove(&r.packet_id));
                     if known {
                         let client_id = self.session.client_id();
                         self.shared
@@ -1042,7 +1043,8 @@ where
         let mut wait_for = 0;
         if qos == QoS::ExactlyOnce {
             let mut state = self.session.lock();
-            if state.incoming_qos2.contains(&packet_id) {
+            let ids = state.incoming_qos2.get();
+            if ids.is_some_and(|ids| ids.contains(&packet_id)) {
                 // A resent PUBLISH whose PUBREC was lost: acknowledge again, route nothing
                 // (exactly once, MQTT-4.3.3-10).
                 drop(state);
@@ -1055,7 +1057,7 @@ where
                 );
                 return Ok(());
             }
-            if state.incoming_qos2.len() >= usize::from(config.limits.max_inflight)
+            if ids.map_or(0, |ids| ids.len()) >= usize::from(config.limits.max_inflight)
                 && self.protocol.is_v5()
             {
                 warn!(client_id = %self.info.client_id, peer = %self.info.peer,
@@ -1064,7 +1066,7 @@ where
                 );
                 return Err(Close::error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
             }
-            state.incoming_qos2.insert(packet_id);
+            state.incoming_qos2.make().insert(packet_id);
             // Recorded before routing, so the store never holds the routed copies without the
             // id that keeps a resent PUBLISH from being routed again after a restart.
             let client_id = self.session.client_id();
@@ -1154,7 +1156,9 @@ where
                 if reason.is_error() {
                     // A refused QoS 2 message ends its exchange here; no PUBREL follows.
                     let mut state = self.session.lock();
-                    state.incoming_qos2.remove(&packet_id);
+                    if let Some(ids) = state.incoming_qos2.get_mut() {
+                        ids.remove(&packet_id);
+                    }
                     let client_id = self.session.client_id();
                     self.shared
                         .broker
