@@ -8,6 +8,7 @@
 
 use crate::cluster::{ClusterBus, SharedSessions};
 use crate::control::{Control, ControlSender};
+use crate::keepalive::KeepAlive;
 use crate::message::{Delivery, Message};
 use crate::retain::RetainedStore;
 use crate::session::{
@@ -97,6 +98,8 @@ pub struct Broker {
     capturing: AtomicUsize,
     /// Set by `shut_down`.
     shutting_down: AtomicBool,
+    /// Every connection's keep alive; the server ticks it.
+    keep_alive: KeepAlive,
     pub stats: Stats,
 }
 
@@ -212,6 +215,7 @@ impl Broker {
             captures: Mutex::new(HashMap::new()),
             capturing: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            keep_alive: KeepAlive::new(),
             stats: Stats::default(),
         }
     }
@@ -1404,6 +1408,11 @@ impl Broker {
                 let _ = c.control.try_send(Control::Shutdown);
             }
         }
+    }
+
+    /// The keep alive wheel of the connections (see `keepalive`).
+    pub fn keep_alive(&self) -> &KeepAlive {
+        &self.keep_alive
     }
 
     /// `shut_down` was called.

@@ -6,6 +6,7 @@
 //! slots) took about 500, the largest single part of an idle connection after its task.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
@@ -17,6 +18,8 @@ pub enum Control {
     Disconnect(pigeon_codec::ReasonCode),
     /// The broker is shutting down: close the connection without publishing its will.
     Shutdown,
+    /// Nothing was received for one and a half times the keep alive (see `keepalive`).
+    KeepAliveTimeout,
 }
 
 struct State {
@@ -24,12 +27,20 @@ struct State {
     receiver_waker: Option<Waker>,
     senders: usize,
     receiver_gone: bool,
+    /// The keep alive wheel's slot that holds this line (`NO_SLOT`: none), kept by the wheel
+    /// under its lock so that a closing connection can take its entry out at once.
+    pub(crate) wheel_slot: u16,
 }
+
+pub(crate) const NO_SLOT: u16 = u16::MAX;
 
 struct Shared {
     state: Mutex<State>,
     /// Wakes `ControlSender::closed` when the receiver is dropped.
     gone: Notify,
+    /// When the connection last received a whole packet, on the keep alive wheel's clock
+    /// (`KeepAlive::now_ms`); `keepalive::NOT_COUNTING` while it does not read.
+    heard: AtomicU64,
 }
 
 impl Shared {
@@ -47,8 +58,10 @@ pub fn control_channel() -> (ControlSender, ControlReceiver) {
             receiver_waker: None,
             senders: 1,
             receiver_gone: false,
+            wheel_slot: NO_SLOT,
         }),
         gone: Notify::new(),
+        heard: AtomicU64::new(0),
     });
     (
         ControlSender {
@@ -98,6 +111,20 @@ impl ControlSender {
     pub fn is_closed(&self) -> bool {
         self.shared.lock().receiver_gone
     }
+
+    /// The two ends are of one line.
+    pub fn is_line_of(&self, receiver: &ControlReceiver) -> bool {
+        Arc::ptr_eq(&self.shared, &receiver.shared)
+    }
+
+    pub(crate) fn set_wheel_slot(&self, slot: u16) {
+        self.shared.lock().wheel_slot = slot;
+    }
+
+    /// What the connection last recorded with `ControlReceiver::heard`.
+    pub fn heard(&self) -> u64 {
+        self.shared.heard.load(Ordering::Relaxed)
+    }
 }
 
 impl Clone for ControlSender {
@@ -140,6 +167,16 @@ impl ControlReceiver {
     /// The next control; `None` once every sender is gone and nothing is pending. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Control> {
         poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Records when the connection last received a whole packet, for the keep alive wheel:
+    /// `KeepAlive::now_ms`, or `keepalive::NOT_COUNTING` while it does not read.
+    pub fn heard(&self, at_ms: u64) {
+        self.shared.heard.store(at_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn wheel_slot(&self) -> u16 {
+        self.shared.lock().wheel_slot
     }
 
     /// `recv` for a poll function: the waker of `cx` is woken when a control comes or the last

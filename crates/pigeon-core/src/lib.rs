@@ -8,6 +8,7 @@
 //! - `session`: one client's session state, its bounded queue and in-flight window.
 //! - `broker`: the registry of sessions, takeover, wills, expiry, and the router.
 //! - `control`: the broker's line to a connection task (close it, and wait until it has).
+//! - `keepalive`: every connection's keep alive on one coarse timer wheel.
 //! - `stats`: counters.
 //! - `auth`: the ports for authentication and authorization, and the chain that asks them.
 //! - `hooks`: the events port.
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod cluster;
 pub mod control;
 pub mod hooks;
+pub mod keepalive;
 pub mod message;
 pub mod retain;
 pub mod session;

@@ -20,6 +20,7 @@ use pigeon_codec::{
 };
 use pigeon_core::auth::{Action, Admission, AuthChain, Check, ClientInfo, ConnectRequest, Verdict};
 use pigeon_core::hooks::{Disconnection, HookList, SubscriptionRequest};
+use pigeon_core::keepalive;
 use pigeon_core::session::Backpressure;
 use pigeon_core::store::{QueueEntry, StoreOp};
 use pigeon_core::{
@@ -118,7 +119,8 @@ pub(crate) struct Accepted<S> {
     pub(crate) span: Span,
 }
 
-/// Runs one connection to its end, then drops `guard`. What is logged names the peer and the
+/// Runs one connection to its end, counted in `connections_current` (which shutdown waits to see
+/// at 0: a guard held to the end would be 16 bytes more in every task). What is logged names the peer and the
 /// client id: through the connection's span while it is admitted, in fields after.
 ///
 /// A task's future is as large as its largest state for as long as the task lives, so what an
@@ -127,7 +129,7 @@ pub(crate) struct Accepted<S> {
 /// authentication and attaching the session (`admit`), the handling of what a read brought
 /// (`Client::handle_read`) and the closing (`Client::finish`). What stays is the client's state
 /// and the packet loop's few waits (see `Client::poll_event`).
-pub(crate) async fn serve<S, G>(accepted: Box<Accepted<S>>, guard: G)
+pub(crate) async fn serve<S>(accepted: Box<Accepted<S>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -140,29 +142,30 @@ where
         shutdown,
         span,
     } = unbox(accepted);
-    let stats = &shared.broker.stats;
-    stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
-    let current = stats.connections_current.fetch_add(1, Ordering::Relaxed) + 1;
+    let current = {
+        let stats = &shared.broker.stats;
+        stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        stats.connections_current.fetch_add(1, Ordering::Relaxed) + 1
+    };
     // The span names the client in what admission logs (here and in the broker and auth
     // backends it calls), and ends with it: a span lives in the subscriber for as long as it is
     // open, about 500 bytes at the default level, as much as the rest of an idle connection's
     // task. The packet loop's own log lines name the client and peer in fields instead.
     // `let else`, not `if let`: the scrutinee of an `if let` lives to the end of its block, so
-    // the task would keep room for the `Admitted` twice (the `Option` and the binding).
+    // the task would keep room for the client twice (the `Option` and the binding).
     let admission =
         admit(stream, peer, listener, username, &shared, shutdown, current).instrument(span);
-    let Some(mut admitted) = Box::pin(admission).await else {
+    let Some(mut client) = Box::pin(admission).await else {
+        let stats = &shared.broker.stats;
         stats.connections_current.fetch_sub(1, Ordering::Relaxed);
-        drop(guard);
         return;
     };
-    let close = admitted.client.run(&mut admitted.control).await;
-    Box::pin(admitted.client.finish(close)).await;
-    // The control receiver is dropped only now, after `detach`: a connection taking over this
+    let close = client.run().await;
+    // `finish` drops the control receiver last, after `detach`: a connection taking over this
     // session waits for exactly that.
-    drop(admitted.control);
+    Box::pin(client.finish(close)).await;
+    let stats = &shared.broker.stats;
     stats.connections_current.fetch_sub(1, Ordering::Relaxed);
-    drop(guard);
 }
 
 /// Moves a value out of its box and frees the box now (moving out of `*b` in place would
@@ -172,14 +175,9 @@ fn unbox<T>(b: Box<T>) -> T {
     *b
 }
 
-/// A client whose CONNECT was accepted: CONNACK is in its write buffer.
-struct Admitted<'a, S> {
-    client: Client<'a, S>,
-    control: ControlReceiver,
-}
-
 /// Reads CONNECT and runs it through the checks, authentication and the broker's `attach`.
-/// `None` when the connection is to close (refusals are answered here).
+/// The client whose CONNECT was accepted, with CONNACK in its write buffer; `None` when the
+/// connection is to close (refusals are answered here).
 async fn admit<S>(
     socket: S,
     peer: SocketAddr,
@@ -188,7 +186,7 @@ async fn admit<S>(
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
     current: u64,
-) -> Option<Admitted<'_, S>>
+) -> Option<Client<'_, S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -203,7 +201,7 @@ where
         wbuf: BytesMut::new(),
         decoder: Decoder::new(limits.max_packet_size),
         unflushed: false,
-        read_hint: READ_MIN,
+        read_hint: READ_MIN as u32,
     };
     let timeout = Duration::from_secs(limits.connect_timeout);
     let connect = tokio::select! {
@@ -295,7 +293,7 @@ struct Io<S> {
     /// until flushed (a WebSocket sends one message per flush); TCP's flush does nothing.
     unflushed: bool,
     /// Room the next read asks for (between READ_MIN and READ_MAX).
-    read_hint: usize,
+    read_hint: u32,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
@@ -340,14 +338,17 @@ struct Client<'a, S> {
     protocol: Protocol,
     session: Arc<Session>,
     connection_id: u64,
-    /// Will message and its delay in seconds.
-    will: Option<(Arc<Message>, u32)>,
-    /// 0: no keep alive.
-    keep_alive: Duration,
-    last_received: Instant,
+    /// Will message, and its delay in seconds.
+    will: Option<Arc<Message>>,
+    will_delay: u32,
+    /// The broker's line to this connection (takeover, shutdown, keep alive). Dropped last,
+    /// after `detach` (see `finish`).
+    control: ControlReceiver,
+    /// Seconds; 0: no keep alive. The check is `Broker::keep_alive`'s.
+    keep_alive: u16,
     session_expiry: u32,
     /// Our outgoing in-flight window: min(client's Receive Maximum, max_inflight).
-    send_window: usize,
+    send_window: u16,
     client_max_packet: u32,
     client_alias_max: u16,
     /// Who the client is (its id among it), for the authorizers, hooks and log lines.
@@ -402,7 +403,7 @@ async fn run_client<S>(
     from: Origin,
     shared: &Shared,
     over_limit: bool,
-) -> Option<Admitted<'_, S>>
+) -> Option<Client<'_, S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -600,6 +601,7 @@ where
 
     let connection_id = broker.next_connection_id();
     let (control_tx, control_rx) = control_channel();
+    let keep_alive_line = (keep_alive > 0).then(|| control_tx.clone());
     let handle = ConnectionHandle {
         id: connection_id,
         control: control_tx,
@@ -617,19 +619,20 @@ where
         broker.store_barrier().await;
     }
 
-    let max_inflight = usize::from(config.limits.max_inflight);
-    let receive_max = usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX));
+    let max_inflight = config.limits.max_inflight;
+    let receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
     let mut client = Client {
         io,
         shared,
         protocol,
         session,
         connection_id,
-        will,
-        keep_alive: Duration::from_millis(u64::from(keep_alive) * 1500),
-        last_received: Instant::now(),
+        control: control_rx,
+        keep_alive,
         session_expiry,
         send_window: receive_max.min(max_inflight),
+        will_delay: will.as_ref().map_or(0, |(_, delay)| *delay),
+        will: will.map(|(message, _)| message),
         client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         checks_reads: shared.auth.checks_reads(&info),
@@ -663,11 +666,14 @@ where
     info!(%peer, username = username.as_ref().map(ByteStr::as_str), protocol = protocol.level(), clean_start = connect.clean_start, keep_alive, session_present = present, superuser, "client connected");
     shared.hooks.each(|h| h.client_connected(&client.info));
 
+    if let Some(line) = keep_alive_line {
+        // Counted from CONNECT, the last packet heard.
+        let wheel = broker.keep_alive();
+        client.control.heard(wheel.now_ms());
+        wheel.watch(line, keep_alive);
+    }
     client.resend_inflight();
-    Some(Admitted {
-        client,
-        control: control_rx,
-    })
+    Some(client)
 }
 
 /// An identifier for a client that sent none: unique in this process and unlikely to collide
@@ -684,7 +690,7 @@ impl<S> Client<'_, S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    async fn run(&mut self, control: &mut ControlReceiver) -> Close {
+    async fn run(&mut self) -> Close {
         // Shutdown comes through the control line (`Broker::shut_down`); a connection attached
         // after it began was not asked, and finds the flag set.
         if self.shared.broker.is_shutting_down() {
@@ -693,22 +699,13 @@ where
                 departure: Departure::Shutdown,
             };
         }
-        let keep_alive = self.keep_alive;
-        // Made once for the whole loop, and reset; not once per turn.
-        let sleep = tokio::time::sleep(if keep_alive.is_zero() {
-            Duration::from_secs(86_400)
-        } else {
-            keep_alive
-        });
-        tokio::pin!(sleep);
         // Packets that came in the same read as CONNECT are already buffered.
         if let Err(close) = self.handle_read().await {
             return close;
         }
         loop {
             self.drain_queue();
-            let event =
-                std::future::poll_fn(|cx| self.poll_event(cx, control, sleep.as_mut())).await;
+            let event = std::future::poll_fn(|cx| self.poll_event(cx)).await;
             match event {
                 Event::Control(Some(Control::Shutdown)) => {
                     return Close {
@@ -716,12 +713,21 @@ where
                         departure: Departure::Shutdown,
                     };
                 }
+                Event::Control(Some(Control::KeepAliveTimeout)) => {
+                    info!(client_id = %self.info.client_id, peer = %self.info.peer,
+                        keep_alive_ms = u64::from(self.keep_alive) * 1000,
+                        "keep alive timed out"
+                    );
+                    return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT);
+                }
                 Event::Control(c) => {
                     // A closed channel: the broker stopped waiting for this connection to close
                     // after a takeover and dropped its handle; it is taken over all the same.
                     let reason = match c {
                         Some(Control::Disconnect(reason)) => reason,
-                        Some(Control::Shutdown) => unreachable!("matched above"),
+                        Some(Control::Shutdown | Control::KeepAliveTimeout) => {
+                            unreachable!("matched above")
+                        }
                         None => ReasonCode::SESSION_TAKEN_OVER,
                     };
                     info!(client_id = %self.info.client_id, peer = %self.info.peer, reason = %reason, "closing connection at the broker's request");
@@ -739,18 +745,7 @@ where
                     };
                 }
                 Event::Drained(drained) => {
-                    let paused = self.rare.as_mut().and_then(|r| r.paused.take());
-                    if !drained {
-                        if let Some((Hold::Queue(pressure), _)) = &paused {
-                            pressure.stalled();
-                        }
-                        debug!(client_id = %self.info.client_id, peer = %self.info.peer,
-                            wait_ms = PUBLISHER_WAIT.as_millis() as u64,
-                            "a subscriber's queue did not drain in time; reading again"
-                        );
-                    }
-                    // The time spent not reading is not held against the client's keep alive.
-                    self.last_received = Instant::now();
+                    self.end_pause(drained);
                     if let Err(close) = self.handle_read().await {
                         return close;
                     }
@@ -782,39 +777,19 @@ where
                         departure: Departure::Shutdown,
                     };
                 }
-                Event::KeepAlive => {
-                    let deadline = self.last_received + keep_alive;
-                    let now = Instant::now();
-                    if now < deadline {
-                        sleep.as_mut().reset(deadline);
-                    } else if !self.is_paused() {
-                        info!(client_id = %self.info.client_id, peer = %self.info.peer,
-                            keep_alive_ms = keep_alive.as_millis() as u64,
-                            "keep alive timed out"
-                        );
-                        return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT);
-                    } else {
-                        // Not read while paused; the pause's end restarts the count.
-                        sleep.as_mut().reset(now + keep_alive);
-                    }
-                }
             }
         }
     }
 
     /// The packet loop's one wait: what is ready first, in this order (the order of priority):
     /// the broker's control line (takeover, shutdown), writing, the end of a pause, reading, the
-    /// session queue, the store's progress, keep alive. Everything is polled in place, so the
-    /// loop keeps no future per source between turns: the control line, the socket and the
-    /// session queue keep only the task's waker, the keep alive timer is made once, and the
-    /// waits of a pause and of held acknowledgements are boxed in `Rare` while needed.
-    fn poll_event(
-        &mut self,
-        cx: &mut Context<'_>,
-        control: &mut ControlReceiver,
-        sleep: Pin<&mut tokio::time::Sleep>,
-    ) -> Poll<Event> {
-        if let Poll::Ready(c) = control.poll_recv(cx) {
+    /// session queue, the store's progress. Everything is polled in place, so the loop keeps no
+    /// future per source between turns: the control line, the socket and the session queue
+    /// keep only the task's waker, and the waits of a pause and of held acknowledgements are
+    /// boxed in `Rare` while needed. Keep alive is not a wait here: the broker's wheel sends
+    /// `Control::KeepAliveTimeout` down the control line.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Poll::Ready(c) = self.control.poll_recv(cx) {
             return Poll::Ready(Event::Control(c));
         }
         let io = &mut self.io;
@@ -863,15 +838,40 @@ where
                 }
             }
         }
-        if !self.keep_alive.is_zero() && sleep.poll(cx).is_ready() {
-            return Poll::Ready(Event::KeepAlive);
-        }
         Poll::Pending
     }
 
     /// The state most connections never need, made now if it was not.
     fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Records a whole packet received now, for the keep alive wheel.
+    fn heard(&self) {
+        self.control.heard(self.shared.broker.keep_alive().now_ms());
+    }
+
+    /// Stops reading until `hold` is over or `deadline` passes (see `Rare::paused`); the time
+    /// does not count against the keep alive.
+    fn pause(&mut self, hold: Hold, deadline: Instant) {
+        self.control.heard(keepalive::NOT_COUNTING);
+        self.rare().paused = Some((hold, deadline));
+    }
+
+    /// Ends a pause: `drained` if what it waited for came, else its deadline passed.
+    fn end_pause(&mut self, drained: bool) {
+        let paused = self.rare.as_mut().and_then(|r| r.paused.take());
+        if !drained {
+            if let Some((Hold::Queue(pressure), _)) = paused {
+                pressure.stalled();
+            }
+            debug!(client_id = %self.info.client_id, peer = %self.info.peer,
+                wait_ms = PUBLISHER_WAIT.as_millis() as u64,
+                "a subscriber's queue did not drain in time; reading again"
+            );
+        }
+        // The time spent not reading is not held against the client's keep alive.
+        self.heard();
     }
 
     /// Reading is paused (see `Rare::paused`).
@@ -894,7 +894,7 @@ where
                 // Keep alive counts whole Control Packets [MQTT-3.1.2-22] (5.0), not bytes: a
                 // packet trickled a byte at a time does not hold the connection open.
                 Ok(Some(p)) => {
-                    self.last_received = Instant::now();
+                    self.heard();
                     p
                 }
                 Ok(None) => return Ok(()),
@@ -1137,8 +1137,7 @@ where
                 if let Some(backlog) = self.shared.broker.cluster().and_then(|bus| bus.backlog()) {
                     // The cluster bus is behind: read no more of this publisher until it
                     // catches up (writing and the rest go on, as for a full queue).
-                    self.rare().paused =
-                        Some((Hold::Bus(backlog), Instant::now() + PUBLISHER_WAIT));
+                    self.pause(Hold::Bus(backlog), Instant::now() + PUBLISHER_WAIT);
                 }
             }
         }
@@ -1188,7 +1187,7 @@ where
         if self.session.is_congested() {
             return;
         }
-        self.rare().paused = Some((Hold::Queue(pressure), Instant::now() + PUBLISHER_WAIT));
+        self.pause(Hold::Queue(pressure), Instant::now() + PUBLISHER_WAIT);
     }
 
     fn on_pubrec(&mut self, r: PubResp) {
@@ -1416,7 +1415,10 @@ where
             match state.queue.front() {
                 None => break,
                 // Order is kept: a QoS 0 message behind a full window waits too.
-                Some(d) if d.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window => {
+                Some(d)
+                    if d.qos != QoS::AtMostOnce
+                        && state.inflight.len() >= usize::from(self.send_window) =>
+                {
                     break
                 }
                 Some(_) => {}
@@ -1617,7 +1619,8 @@ where
             encode(&Packet::Disconnect(d), self.protocol, &mut self.io.wbuf);
         }
         self.io.flush_best_effort().await;
-        let will = self.will.take();
+        self.shared.broker.keep_alive().unwatch(&self.control);
+        let will = self.will.take().map(|message| (message, self.will_delay));
         self.shared
             .broker
             .detach(&self.session, self.connection_id, close.departure, will);
@@ -1647,7 +1650,6 @@ enum Event {
     Read(std::io::Result<usize>),
     Notified,
     Committed(Result<(), watch::error::RecvError>),
-    KeepAlive,
 }
 
 /// The packet loop's waits that are made only while needed.
@@ -1714,7 +1716,7 @@ thread_local! {
 async fn read_more<R: AsyncRead + Unpin>(
     reader: &mut R,
     rbuf: &mut BytesMut,
-    hint: &mut usize,
+    hint: &mut u32,
 ) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| poll_read_more(reader, cx, rbuf, hint)).await
 }
@@ -1730,7 +1732,7 @@ fn poll_read_more<R: AsyncRead + Unpin>(
     reader: &mut R,
     cx: &mut Context<'_>,
     rbuf: &mut BytesMut,
-    hint: &mut usize,
+    hint: &mut u32,
 ) -> Poll<std::io::Result<usize>> {
     if rbuf.is_empty() {
         if rbuf.capacity() != 0 {
@@ -1740,14 +1742,15 @@ fn poll_read_more<R: AsyncRead + Unpin>(
         }
         return poll_read_scratch(reader, cx, rbuf);
     }
-    rbuf.reserve(*hint);
+    let wanted = *hint as usize;
+    rbuf.reserve(wanted);
     let room = rbuf.capacity() - rbuf.len();
     // `read_buf`'s future keeps nothing between polls but its borrows: polled here in place.
     let n = ready!(std::pin::pin!(reader.read_buf(rbuf)).poll(cx))?;
     if n == room {
-        *hint = (*hint * 2).min(READ_MAX);
-    } else if n < *hint / 4 {
-        *hint = (*hint / 2).max(READ_MIN);
+        *hint = (wanted * 2).min(READ_MAX) as u32;
+    } else if n < wanted / 4 {
+        *hint = (wanted / 2).max(READ_MIN) as u32;
     }
     Poll::Ready(Ok(n))
 }

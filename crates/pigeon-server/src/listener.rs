@@ -93,7 +93,6 @@ pub(crate) async fn accept_loop(
         }
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
-        let alive = alive.clone();
         let transport = transport.clone();
         let span = match local {
             Some(local) => {
@@ -117,9 +116,12 @@ pub(crate) async fn accept_loop(
                     shutdown,
                     span,
                 });
-                tokio::spawn(connection::serve(accepted, alive));
+                // Counted in `connections_current` from its first poll, which shutdown waits
+                // on; it holds no clone of `alive`.
+                tokio::spawn(connection::serve(accepted));
             }
             other => {
+                let alive = alive.clone();
                 tokio::spawn(async move {
                     Box::pin(serve_any(
                         socket, peer, local, other, shared, shutdown, span,
@@ -153,7 +155,7 @@ async fn serve_stream<S>(
         shutdown,
         span,
     });
-    connection::serve(accepted, ()).await;
+    connection::serve(accepted).await;
 }
 
 /// Handshakes, then hands the stream to the connection. The handshakes run in the connection's

@@ -428,6 +428,20 @@ impl Server {
                 }
             })
         };
+        let keep_alive = {
+            let broker = Arc::clone(&self.shared.broker);
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(pigeon_core::keepalive::TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => { broker.keep_alive().tick(); }
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
+        };
         drop(alive_tx);
         shutdown.await;
         info!("shutting down: closing listeners and connections");
@@ -435,14 +449,24 @@ impl Server {
         // through their control lines.
         let _ = stop_tx.send(true);
         self.shared.broker.shut_down();
-        // Every connection task holds a clone of `alive_tx`; recv() returns None once all ended.
-        if tokio::time::timeout(Duration::from_secs(10), alive_rx.recv())
+        // The accept loops and the TLS and WebSocket connection tasks hold a clone of
+        // `alive_tx` (recv() returns None once all ended); every connection that reached
+        // `connection::serve` is counted in `connections_current` until it ends.
+        let current = &self.shared.broker.stats.connections_current;
+        let closed = async {
+            let _ = alive_rx.recv().await;
+            while current.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), closed)
             .await
             .is_err()
         {
             warn!("some connections did not close within 10 s");
         }
         let _ = sweeper.await;
+        let _ = keep_alive.await;
         if let Some(http) = http {
             if tokio::time::timeout(Duration::from_secs(5), http)
                 .await

@@ -235,12 +235,9 @@ async fn a_hook_rewrites_a_subscription_before_it_is_stored() {
         vec![ReasonCode::GRANTED_QOS_1, ReasonCode::TOPIC_FILTER_INVALID]
     );
     let session = handle.broker().session("a").expect("session");
-    let filters: Vec<String> = session
-        .lock()
-        .subscriptions
-        .keys()
-        .map(|f| f.to_string())
-        .collect();
+    let filters: Vec<String> = (session.lock().subscriptions.get())
+        .map(|subscriptions| subscriptions.keys().map(|f| f.to_string()).collect())
+        .unwrap_or_default();
     assert_eq!(filters, vec!["users/alice/#"]);
     handle
         .publish("users/alice/x", "for alice", QoS::ExactlyOnce, false)
