@@ -61,9 +61,91 @@ pub struct ConnectionHandle {
     pub control: ControlSender,
 }
 
-struct Slot {
-    session: Arc<Session>,
-    connection: Option<ConnectionHandle>,
+/// A registered session and the connection attached to it, if any.
+struct Slot<'a> {
+    session: &'a Arc<Session>,
+    connection: &'a Option<ConnectionHandle>,
+}
+
+/// The sessions by client id, each with the connection attached to it, if any. The key is the
+/// session itself, hashed and compared by its client id: an entry is 24 bytes, where a client
+/// id key beside the session took 56, and a hash table keeps room for up to twice its entries.
+#[derive(Default)]
+struct Registry {
+    map: HashMap<Registered, Option<ConnectionHandle>>,
+}
+
+/// A session as a registry key: found by its client id.
+struct Registered(Arc<Session>);
+
+impl std::hash::Hash for Registered {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.client_id().as_str().hash(state);
+    }
+}
+
+impl PartialEq for Registered {
+    fn eq(&self, other: &Registered) -> bool {
+        self.0.client_id().as_str() == other.0.client_id().as_str()
+    }
+}
+
+impl Eq for Registered {}
+
+impl std::borrow::Borrow<str> for Registered {
+    fn borrow(&self) -> &str {
+        self.0.client_id().as_str()
+    }
+}
+
+impl Registry {
+    fn get(&self, client_id: &str) -> Option<Slot<'_>> {
+        self.map
+            .get_key_value(client_id)
+            .map(|(key, connection)| Slot {
+                session: &key.0,
+                connection,
+            })
+    }
+
+    fn contains_key(&self, client_id: &str) -> bool {
+        self.map.contains_key(client_id)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Registers `session` (replacing any session of its client id) with `connection`.
+    fn insert(&mut self, session: Arc<Session>, connection: Option<ConnectionHandle>) {
+        // `HashMap::insert` keeps the old key: the old session would stay registered.
+        self.map.remove(session.client_id().as_str());
+        self.map.insert(Registered(session), connection);
+    }
+
+    fn remove(&mut self, client_id: &str) -> Option<Arc<Session>> {
+        self.map.remove_entry(client_id).map(|(key, _)| key.0)
+    }
+
+    /// Detaches connection `connection_id` from `client_id`'s session if it is the one
+    /// attached; true if it was.
+    fn detach(&mut self, client_id: &str, connection_id: u64) -> bool {
+        let Some(connection) = self.map.get_mut(client_id) else {
+            return false;
+        };
+        if connection.as_ref().is_none_or(|c| c.id != connection_id) {
+            return false;
+        }
+        *connection = None;
+        if let Some(slot) = self.get(client_id) {
+            slot.session.set_connected(false);
+        }
+        true
+    }
+
+    fn connections(&self) -> impl Iterator<Item = &ConnectionHandle> {
+        self.map.values().flatten()
+    }
 }
 
 /// How a connection ended, for the will and the session.
@@ -80,7 +162,7 @@ pub enum Departure {
 
 pub struct Broker {
     settings: BrokerSettings,
-    registry: Mutex<HashMap<ByteStr, Slot>>,
+    registry: Mutex<Registry>,
     index: ShardedIndex,
     retained: RwLock<RetainedStore>,
     next_session_id: AtomicU64,
@@ -203,7 +285,7 @@ impl Broker {
     fn build(settings: BrokerSettings, store: Option<Arc<Persistence>>) -> Broker {
         Broker {
             settings,
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
             index: ShardedIndex::new(INDEX_SHARDS),
             retained: RwLock::new(RetainedStore::new()),
             next_session_id: AtomicU64::new(1),
@@ -394,13 +476,7 @@ impl Broker {
         if expiry != NEVER_EXPIRES {
             self.schedule_expiry(&session, left(loaded.record.disconnected_at_ms, expiry), 1);
         }
-        lock(&self.registry).insert(
-            loaded.client_id,
-            Slot {
-                session: Arc::clone(&session),
-                connection: None,
-            },
-        );
+        lock(&self.registry).insert(Arc::clone(&session), None);
         (session, queued, dropped)
     }
 
@@ -540,17 +616,7 @@ impl Broker {
                 .is_err()
             {
                 warn!(client_id = %client_id, old_connection = existing.id, "taken-over connection did not close in time; detaching it");
-                let mut registry = lock(&self.registry);
-                if let Some(slot) = registry.get_mut(&client_id) {
-                    if slot
-                        .connection
-                        .as_ref()
-                        .is_some_and(|c| c.id == existing.id)
-                    {
-                        slot.connection = None;
-                        slot.session.set_connected(false);
-                    }
-                }
+                lock(&self.registry).detach(&client_id, existing.id);
             }
         }
     }
@@ -750,9 +816,9 @@ impl Broker {
                 match slot.connection.clone() {
                     Some(connection) => connection,
                     None => {
-                        let slot = registry.remove(client_id).expect("looked up above");
+                        let session = registry.remove(client_id).expect("looked up above");
                         drop(registry);
-                        self.let_go(&slot.session, shared.is_some());
+                        self.let_go(&session, shared.is_some());
                         break;
                     }
                 }
@@ -766,17 +832,7 @@ impl Broker {
                 .is_err()
             {
                 warn!(client_id = %client_id, old_connection = existing.id, "taken-over connection did not close in time; detaching it");
-                let mut registry = lock(&self.registry);
-                if let Some(slot) = registry.get_mut(client_id) {
-                    if slot
-                        .connection
-                        .as_ref()
-                        .is_some_and(|c| c.id == existing.id)
-                    {
-                        slot.connection = None;
-                        slot.session.set_connected(false);
-                    }
-                }
+                lock(&self.registry).detach(client_id, existing.id);
             }
         }
         if let (true, Some(shared)) = (held, shared) {
@@ -832,7 +888,7 @@ impl Broker {
 
     fn attach_locked(
         &self,
-        registry: &mut HashMap<ByteStr, Slot>,
+        registry: &mut Registry,
         client_id: ByteStr,
         clean_start: bool,
         expiry_interval: u32,
@@ -841,11 +897,11 @@ impl Broker {
     ) -> (Arc<Session>, bool) {
         let mut will_to_publish = None;
         let resumed = match registry.remove(&client_id) {
-            Some(slot) if !clean_start => Some(slot.session),
-            Some(slot) => {
+            Some(session) if !clean_start => Some(session),
+            Some(session) => {
                 // Clean start ends the old session: its subscriptions go, and a will still
                 // waiting out its delay is published now (the session ended first).
-                will_to_publish = self.end_session(&slot.session);
+                will_to_publish = self.end_session(&session);
                 None
             }
             None => None,
@@ -882,13 +938,7 @@ impl Broker {
             }
         }
         session.set_connected(true);
-        registry.insert(
-            client_id,
-            Slot {
-                session: session.clone(),
-                connection: Some(connection),
-            },
-        );
+        registry.insert(Arc::clone(&session), Some(connection));
         if let Some(will) = will_to_publish {
             self.publish(will);
         }
@@ -963,14 +1013,9 @@ impl Broker {
         // The session is ours to settle only if it is still registered and no other connection
         // holds it. Otherwise it ended (clean start elsewhere) or was handed on (this connection
         // was detached by force after a takeover timed out): only the will belongs to us.
-        let ours = match registry.get_mut(session.client_id()) {
-            Some(slot) if Arc::ptr_eq(&slot.session, session) => match &slot.connection {
-                Some(c) if c.id == connection_id => {
-                    slot.connection = None;
-                    session.set_connected(false);
-                    true
-                }
-                Some(_) => false,
+        let ours = match registry.get(session.client_id()) {
+            Some(slot) if Arc::ptr_eq(slot.session, session) => match slot.connection {
+                Some(_) => registry.detach(session.client_id(), connection_id),
                 None => true,
             },
             _ => false,
@@ -1077,7 +1122,7 @@ impl Broker {
         let mut registry = lock(&self.registry);
         let current = registry
             .get(session.client_id())
-            .is_some_and(|slot| Arc::ptr_eq(&slot.session, session) && slot.connection.is_none());
+            .is_some_and(|slot| Arc::ptr_eq(slot.session, session) && slot.connection.is_none());
         if !current || session.lock().generation != generation {
             return;
         }
@@ -1392,7 +1437,7 @@ impl Broker {
     pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
         lock(&self.registry)
             .get(client_id)
-            .map(|s| Arc::clone(&s.session))
+            .map(|s| Arc::clone(s.session))
     }
 
     /// Starts shutting down: every attached connection is asked to close (`Control::Shutdown`),
@@ -1402,11 +1447,9 @@ impl Broker {
     pub fn shut_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let registry = lock(&self.registry);
-        for slot in registry.values() {
-            if let Some(c) = &slot.connection {
-                // A connection with a control pending is closing already.
-                let _ = c.control.try_send(Control::Shutdown);
-            }
+        for c in registry.connections() {
+            // A connection with a control pending is closing already.
+            let _ = c.control.try_send(Control::Shutdown);
         }
     }
 

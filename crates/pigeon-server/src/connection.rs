@@ -1523,10 +1523,16 @@ where
         }
         let broker = &self.shared.broker;
         let rare = self.rare.get_or_insert_with(Box::default);
-        if rare.committed.is_none() {
+        let new_receiver = rare.committed.is_none();
+        if new_receiver {
             rare.committed = broker.committed();
         }
         rare.held_acks.push_back((wait_for, packet));
+        if new_receiver {
+            // A new receiver has seen the commits made before it: one that came between the
+            // check above and now would not wake the wait for the next (`Waits::committed`).
+            self.release_acks();
+        }
     }
 
     /// Sends the held acknowledgements whose store ops are now on disk.
