@@ -25,11 +25,12 @@ pub enum Control {
 struct State {
     pending: Option<Control>,
     receiver_waker: Option<Waker>,
-    senders: usize,
+    senders: u32,
     receiver_gone: bool,
-    /// The keep alive wheel's slot that holds this line (`NO_SLOT`: none), kept by the wheel
-    /// under its lock so that a closing connection can take its entry out at once.
-    pub(crate) wheel_slot: u16,
+    /// Where the keep alive wheel holds this line: slot (`NO_SLOT`: none) and index in it, kept
+    /// by the wheel under its lock, so that a closing connection takes its entry out at once.
+    wheel_slot: u16,
+    wheel_index: u32,
 }
 
 pub(crate) const NO_SLOT: u16 = u16::MAX;
@@ -59,6 +60,7 @@ pub fn control_channel() -> (ControlSender, ControlReceiver) {
             senders: 1,
             receiver_gone: false,
             wheel_slot: NO_SLOT,
+            wheel_index: 0,
         }),
         gone: Notify::new(),
         heard: AtomicU64::new(0),
@@ -117,8 +119,10 @@ impl ControlSender {
         Arc::ptr_eq(&self.shared, &receiver.shared)
     }
 
-    pub(crate) fn set_wheel_slot(&self, slot: u16) {
-        self.shared.lock().wheel_slot = slot;
+    pub(crate) fn set_wheel_place(&self, slot: u16, index: u32) {
+        let mut state = self.shared.lock();
+        state.wheel_slot = slot;
+        state.wheel_index = index;
     }
 
     /// What the connection last recorded with `ControlReceiver::heard`.
@@ -175,8 +179,9 @@ impl ControlReceiver {
         self.shared.heard.store(at_ms, Ordering::Relaxed);
     }
 
-    pub(crate) fn wheel_slot(&self) -> u16 {
-        self.shared.lock().wheel_slot
+    pub(crate) fn wheel_place(&self) -> (u16, u32) {
+        let state = self.shared.lock();
+        (state.wheel_slot, state.wheel_index)
     }
 
     /// `recv` for a poll function: the waker of `cx` is woken when a control comes or the last

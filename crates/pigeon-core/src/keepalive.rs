@@ -95,7 +95,7 @@ impl KeepAlive {
                     heard => heard.saturating_add(u64::from(entry.limit_ms)),
                 };
                 if now >= ends {
-                    entry.control.set_wheel_slot(NO_SLOT);
+                    entry.control.set_wheel_place(NO_SLOT, 0);
                     // A control already pending closes the connection as well.
                     let _ = entry.control.try_send(Control::KeepAliveTimeout);
                     expired += 1;
@@ -112,17 +112,27 @@ impl KeepAlive {
     }
 
     /// Takes a closing connection's entry out, so that its line is freed now rather than at
-    /// its next tick (up to one and a half keep alives later).
+    /// its next tick (up to one and a half keep alives later). Constant time: the line knows
+    /// its place, and the entry moved into that place learns its new one.
     pub fn unwatch(&self, control: &ControlReceiver) {
         let mut wheel = self.lock();
-        let slot = control.wheel_slot();
+        let (slot, index) = control.wheel_place();
         if slot == NO_SLOT {
             return;
         }
         let entries = &mut wheel.slots[usize::from(slot)];
-        if let Some(i) = entries.iter().position(|e| e.control.is_line_of(control)) {
-            let entry = entries.swap_remove(i);
-            entry.control.set_wheel_slot(NO_SLOT);
+        let index = index as usize;
+        if !entries
+            .get(index)
+            .is_some_and(|e| e.control.is_line_of(control))
+        {
+            debug_assert!(false, "a line's place in the wheel was not kept");
+            return;
+        }
+        let entry = entries.swap_remove(index);
+        entry.control.set_wheel_place(NO_SLOT, 0);
+        if let Some(moved) = entries.get(index) {
+            moved.control.set_wheel_place(slot, index as u32);
         }
     }
 
@@ -154,8 +164,11 @@ impl Wheel {
             .div_ceil(TICK_MS)
             .clamp(self.next, self.next + SLOTS - 1);
         let slot = (tick % SLOTS) as usize;
-        entry.control.set_wheel_slot(slot as u16);
-        self.slots[slot].push(entry);
+        let entries = &mut self.slots[slot];
+        entry
+            .control
+            .set_wheel_place(slot as u16, entries.len() as u32);
+        entries.push(entry);
     }
 }
 
@@ -211,6 +224,29 @@ mod tests {
         assert_eq!(ticks(&wheel, 14).await, 0);
         assert_eq!(ticks(&wheel, 2).await, 1);
         assert_eq!(rx.recv().await, Some(Control::KeepAliveTimeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lines_sharing_a_slot_leave_in_any_order() {
+        let wheel = KeepAlive::new();
+        let lines: Vec<_> = (0..6)
+            .map(|_| {
+                let (tx, rx) = control_channel();
+                rx.heard(wheel.now_ms());
+                wheel.watch(tx, 10);
+                rx
+            })
+            .collect();
+        assert_eq!(wheel.len(), 6);
+        let mut left = 6;
+        for i in [0, 3, 5, 1, 4, 2] {
+            wheel.unwatch(&lines[i]);
+            left -= 1;
+            assert_eq!(wheel.len(), left, "after line {i}");
+        }
+        // Unwatching twice does nothing.
+        wheel.unwatch(&lines[0]);
+        assert!(wheel.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

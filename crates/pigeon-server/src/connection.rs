@@ -119,9 +119,10 @@ pub(crate) struct Accepted<S> {
     pub(crate) span: Span,
 }
 
-/// Runs one connection to its end, counted in `connections_current` (which shutdown waits to see
-/// at 0: a guard held to the end would be 16 bytes more in every task). What is logged names the peer and the
-/// client id: through the connection's span while it is admitted, in fields after.
+/// Runs one connection to its end, counted in `connections_current` meanwhile (shutdown waits
+/// for it to reach 0: a guard held to the end would be 16 bytes more in every task). What is
+/// logged names the peer and the client id: through the connection's span while it is
+/// admitted, in fields after.
 ///
 /// A task's future is as large as its largest state for as long as the task lives, so what an
 /// idle connection does not need is kept out of it: the arguments come boxed (an async fn keeps
@@ -363,7 +364,7 @@ struct Client<'a, S> {
 }
 
 /// The parts of a connection's state that an idle connection (most of them) does not use:
-/// boxed, so that they cost it one pointer instead of some 230 bytes in its task.
+/// boxed, so that they cost it one pointer instead of some 200 bytes in its task.
 #[derive(Default)]
 struct Rare {
     out_aliases: HashMap<ByteStr, u16>,
@@ -803,18 +804,19 @@ where
                 return Poll::Ready(Event::Wrote(r));
             }
         }
-        let rare = self.rare.as_deref_mut();
-        match rare.as_ref().and_then(|r| r.paused.as_ref()) {
-            Some(hold) => {
-                let hold = hold.clone();
-                let waits = &mut rare.expect("paused is in rare").waits;
-                let wait = waits.drained.get_or_insert_with(|| drained(hold));
+        match self.rare.as_deref_mut() {
+            Some(Rare {
+                paused: Some(hold),
+                waits,
+                ..
+            }) => {
+                let wait = waits.drained.get_or_insert_with(|| drained(hold.clone()));
                 if let Poll::Ready(drained) = wait.as_mut().poll(cx) {
                     waits.drained = None;
                     return Poll::Ready(Event::Drained(drained));
                 }
             }
-            None => {
+            _ => {
                 let io = &mut self.io;
                 if let Poll::Ready(r) =
                     poll_read_more(&mut io.stream, cx, &mut io.rbuf, &mut io.read_hint)
@@ -1661,7 +1663,7 @@ enum Event {
 /// The packet loop's waits that are made only while needed.
 #[derive(Default)]
 struct Waits {
-    /// The pause's (`Client::paused`), while paused.
+    /// The pause's (`Rare::paused`), while paused.
     drained: Option<Pin<Box<dyn Future<Output = bool> + Send + Sync>>>,
     /// The store's next commit, while acknowledgements are held.
     committed: Option<Pin<Box<dyn Future<Output = Committed> + Send + Sync>>>,
