@@ -148,3 +148,41 @@ async fn server_keep_alive_is_enforced() {
     raw.expect_silence(Duration::from_millis(2900)).await;
     expect_disconnect(&mut raw, ReasonCode::KEEP_ALIVE_TIMEOUT).await;
 }
+
+// Keep alive runs on one wheel for every connection; a connection that ends leaves it at once,
+// so connections that come and go (here 40, half closing with DISCONNECT, half dropping the
+// socket) leave nothing behind for the wheel's next turn.
+#[tokio::test]
+async fn connections_that_end_leave_the_keep_alive_wheel() {
+    let broker = Broker::start().await;
+    let wheel = || broker.broker.keep_alive().len();
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let (raw, _) = connected(broker.addr, Protocol::V3_1_1, &format!("c{i}"), true, |c| {
+            c.keep_alive = 60
+        })
+        .await;
+        clients.push(raw);
+    }
+    let (mut none, _) = connected(broker.addr, Protocol::V3_1_1, "no-keep-alive", true, |c| {
+        c.keep_alive = 0
+    })
+    .await;
+    assert_eq!(wheel(), 40, "one entry per connection with a keep alive");
+    for (i, mut raw) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            disconnect(&mut raw, |_| {}).await;
+        }
+        drop(raw);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while wheel() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} entries left 10 s after their connections ended",
+            wheel()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ping(&mut none).await;
+}
