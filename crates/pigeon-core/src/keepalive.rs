@@ -25,6 +25,9 @@ const TICK_MS: u64 = TICK.as_millis() as u64;
 /// slot and is looked at again then.
 const SLOTS: u64 = 1024;
 
+/// Entries' room a slot keeps when it empties.
+const KEPT_ROOM: usize = 64;
+
 /// `heard` while the connection does not read its socket (a paused publisher): the time does
 /// not count against it.
 pub const NOT_COUNTING: u64 = u64::MAX;
@@ -103,8 +106,10 @@ impl KeepAlive {
                     wheel.insert(entry, ends);
                 }
             }
-            // The emptied list goes back with its room, unless entries came back to it.
-            if wheel.slots[slot].is_empty() {
+            // The emptied list goes back with its room, unless entries came back to it or the
+            // room is large: connections that came together move from slot to slot, and each
+            // slot would otherwise keep room for all of them.
+            if wheel.slots[slot].is_empty() && due.capacity() <= KEPT_ROOM {
                 wheel.slots[slot] = due;
             }
         }
@@ -133,6 +138,10 @@ impl KeepAlive {
         entry.control.set_wheel_place(NO_SLOT, 0);
         if let Some(moved) = entries.get(index) {
             moved.control.set_wheel_place(slot, index as u32);
+        }
+        // A slot that many connections left gives back most of its room.
+        if entries.capacity() > KEPT_ROOM && entries.len() < entries.capacity() / 4 {
+            entries.shrink_to(entries.len() * 2);
         }
     }
 
@@ -224,6 +233,41 @@ mod tests {
         assert_eq!(ticks(&wheel, 14).await, 0);
         assert_eq!(ticks(&wheel, 2).await, 1);
         assert_eq!(rx.recv().await, Some(Control::KeepAliveTimeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_many_lines_passed_through_gives_its_room_back() {
+        let wheel = KeepAlive::new();
+        let lines: Vec<_> = (0..1000)
+            .map(|_| {
+                let (tx, rx) = control_channel();
+                rx.heard(wheel.now_ms());
+                wheel.watch(tx, 1);
+                rx
+            })
+            .collect();
+        let room =
+            |wheel: &KeepAlive| -> usize { wheel.lock().slots.iter().map(Vec::capacity).sum() };
+        assert!(room(&wheel) >= 1000);
+        // Each tick moves them on (heard again) until a few turns have passed.
+        // 10 s: they move on about six times, 1.5 s at a time.
+        for _ in 0..100 {
+            for rx in &lines {
+                rx.heard(wheel.now_ms());
+            }
+            ticks(&wheel, 1).await;
+        }
+        assert_eq!(wheel.len(), 1000);
+        assert!(
+            room(&wheel) < 2500,
+            "room for {} entries kept for 1000",
+            room(&wheel)
+        );
+        for rx in &lines {
+            wheel.unwatch(rx);
+        }
+        assert!(wheel.is_empty());
+        assert!(room(&wheel) <= 2 * KEPT_ROOM, "room {} left", room(&wheel));
     }
 
     #[tokio::test(start_paused = true)]
