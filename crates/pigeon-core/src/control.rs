@@ -115,7 +115,7 @@ impl ControlSender {
     }
 
     /// The two ends are of one line.
-    pub fn is_line_of(&self, receiver: &ControlReceiver) -> bool {
+    pub(crate) fn is_line_of(&self, receiver: &ControlReceiver) -> bool {
         Arc::ptr_eq(&self.shared, &receiver.shared)
     }
 
@@ -126,8 +126,13 @@ impl ControlSender {
     }
 
     /// What the connection last recorded with `ControlReceiver::heard`.
-    pub fn heard(&self) -> u64 {
+    pub(crate) fn heard(&self) -> u64 {
         self.shared.heard.load(Ordering::Relaxed)
+    }
+
+    /// Starts the keep alive count (`KeepAlive::watch`).
+    pub(crate) fn set_heard(&self, at_ms: u64) {
+        self.shared.heard.store(at_ms, Ordering::Relaxed);
     }
 }
 

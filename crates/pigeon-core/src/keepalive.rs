@@ -3,8 +3,8 @@
 //! connection would carry for as long as it lives.
 //!
 //! A connection records when it last received a whole packet on its control line
-//! (`ControlReceiver::heard`, one relaxed store), and is entered once in the wheel with its limit
-//! (one and a half times its keep alive). The server calls `tick` every `TICK`: the entries of
+//! (`ControlReceiver::heard`, one relaxed store), and is entered once in the wheel, at CONNECT,
+//! with its limit (one and a half times its keep alive). The server calls `tick` every `TICK`: the entries of
 //! the ticks that have passed are checked, and each is either found silent past its limit (the
 //! connection is told `Control::KeepAliveTimeout`), or put back at the tick its limit would next
 //! end. So a connection costs one entry of 16 bytes, and the wheel touches it once per keep
@@ -65,13 +65,15 @@ impl KeepAlive {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Enters a connection that has just recorded a packet heard (its CONNECT): it is told
+    /// Enters a connection whose CONNECT was just received, counted from now: it is told
     /// `Control::KeepAliveTimeout` once nothing is heard for one and a half times `keep_alive`
-    /// seconds (not 0). The entry goes when the connection does.
+    /// seconds (not 0). The entry goes when the connection does (`unwatch`).
     pub fn watch(&self, control: ControlSender, keep_alive: u16) {
         let limit_ms = u32::from(keep_alive) * 1500;
-        let due = control.heard().saturating_add(u64::from(limit_ms));
-        self.lock().insert(Entry { control, limit_ms }, due);
+        let now = self.now_ms();
+        control.set_heard(now);
+        self.lock()
+            .insert(Entry { control, limit_ms }, now + u64::from(limit_ms));
     }
 
     /// Checks the entries of every tick that has passed since the last call; returns how many
@@ -187,6 +189,13 @@ mod tests {
     use crate::control::control_channel;
     use std::time::Duration;
 
+    /// A line entered in `wheel` with `keep_alive`; the receiving end, as a connection holds it.
+    fn watched(wheel: &KeepAlive, keep_alive: u16) -> ControlReceiver {
+        let (tx, rx) = control_channel();
+        wheel.watch(tx, keep_alive);
+        rx
+    }
+
     async fn ticks(keep_alive: &KeepAlive, n: u32) -> usize {
         let mut expired = 0;
         for _ in 0..n {
@@ -199,9 +208,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_told_after_one_and_a_half_keep_alives() {
         let wheel = KeepAlive::new();
-        let (tx, mut rx) = control_channel();
-        rx.heard(wheel.now_ms());
-        wheel.watch(tx, 2);
+        let mut rx = watched(&wheel, 2);
         // 2.9 s: nothing yet.
         assert_eq!(ticks(&wheel, 29).await, 0);
         assert!(
@@ -218,9 +225,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn heard_packets_and_pauses_keep_it_open() {
         let wheel = KeepAlive::new();
-        let (tx, mut rx) = control_channel();
-        rx.heard(wheel.now_ms());
-        wheel.watch(tx, 1);
+        let mut rx = watched(&wheel, 1);
         // A packet every second for 10 s, limit 1.5 s: never told.
         for _ in 0..10 {
             assert_eq!(ticks(&wheel, 10).await, 0);
@@ -238,19 +243,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slot_many_lines_passed_through_gives_its_room_back() {
         let wheel = KeepAlive::new();
-        let lines: Vec<_> = (0..1000)
-            .map(|_| {
-                let (tx, rx) = control_channel();
-                rx.heard(wheel.now_ms());
-                wheel.watch(tx, 1);
-                rx
-            })
-            .collect();
+        let lines: Vec<_> = (0..1000).map(|_| watched(&wheel, 1)).collect();
         let room =
             |wheel: &KeepAlive| -> usize { wheel.lock().slots.iter().map(Vec::capacity).sum() };
         assert!(room(&wheel) >= 1000);
-        // Each tick moves them on (heard again) until a few turns have passed.
-        // 10 s: they move on about six times, 1.5 s at a time.
+        // Heard at every tick for 10 s: they move on about six times, 1.5 s at a time.
         for _ in 0..100 {
             for rx in &lines {
                 rx.heard(wheel.now_ms());
@@ -273,14 +270,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn lines_sharing_a_slot_leave_in_any_order() {
         let wheel = KeepAlive::new();
-        let lines: Vec<_> = (0..6)
-            .map(|_| {
-                let (tx, rx) = control_channel();
-                rx.heard(wheel.now_ms());
-                wheel.watch(tx, 10);
-                rx
-            })
-            .collect();
+        let lines: Vec<_> = (0..6).map(|_| watched(&wheel, 10)).collect();
         assert_eq!(wheel.len(), 6);
         let mut left = 6;
         for i in [0, 3, 5, 1, 4, 2] {
@@ -296,18 +286,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn long_keep_alives_wait_past_a_turn_and_closed_lines_leave() {
         let wheel = KeepAlive::new();
-        let (long_tx, mut long_rx) = control_channel();
-        long_rx.heard(wheel.now_ms());
         // 100 s: limit 150 s, more than one turn of the wheel (102.4 s).
-        wheel.watch(long_tx, 100);
-        let (gone_tx, gone_rx) = control_channel();
-        gone_rx.heard(wheel.now_ms());
-        wheel.watch(gone_tx, 1);
+        let mut long_rx = watched(&wheel, 100);
+        let gone_rx = watched(&wheel, 1);
         drop(gone_rx);
         // A connection that ends as a connection task does: its entry goes at once.
-        let (leaving_tx, leaving_rx) = control_channel();
-        leaving_rx.heard(wheel.now_ms());
-        wheel.watch(leaving_tx, 30);
+        let leaving_rx = watched(&wheel, 30);
         assert_eq!(wheel.len(), 3);
         wheel.unwatch(&leaving_rx);
         drop(leaving_rx);

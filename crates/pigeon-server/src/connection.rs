@@ -668,10 +668,7 @@ where
     shared.hooks.each(|h| h.client_connected(&client.info));
 
     if let Some(line) = keep_alive_line {
-        // Counted from CONNECT, the last packet heard.
-        let wheel = broker.keep_alive();
-        client.control.heard(wheel.now_ms());
-        wheel.watch(line, keep_alive);
+        broker.keep_alive().watch(line, keep_alive);
     }
     client.resend_inflight();
     Some(client)
