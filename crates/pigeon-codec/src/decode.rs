@@ -71,6 +71,16 @@ impl Decoder {
         }
     }
 
+    /// Server side, after CONNECT was read (by another decoder): a second CONNECT is refused.
+    pub fn after_connect(protocol: Protocol, max_packet_size: u32) -> Decoder {
+        Decoder {
+            protocol: Some(protocol),
+            max_packet_size,
+            learned_from_connect: true,
+            connect_protocol: None,
+        }
+    }
+
     pub fn protocol(&self) -> Option<Protocol> {
         self.protocol
     }

@@ -194,19 +194,11 @@ where
     let limits = &shared.config.limits;
     // One stream, not split in halves: reading and writing are polled from one place (the
     // packet loop's `Client::poll_event`), so the shared state a split needs is not.
-    let mut io = Io {
-        stream: socket,
-        // Empty until used, and the read buffer empty again whenever no partial packet waits
-        // (see `read_more`): an idle connection should cost little.
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        decoder: Decoder::new(limits.max_packet_size),
-        unflushed: false,
-        read_hint: READ_MIN as u32,
-    };
+    let mut io = Io::new(socket);
+    let mut decoder = Decoder::new(limits.max_packet_size);
     let timeout = Duration::from_secs(limits.connect_timeout);
     let connect = tokio::select! {
-        r = tokio::time::timeout(timeout, io.read_packet()) => r,
+        r = tokio::time::timeout(timeout, io.read_packet(&mut decoder)) => r,
         _ = shutdown.changed() => return None,
     };
     let connect = match connect {
@@ -228,7 +220,7 @@ where
             None
         }
         Ok(Err(ReadError::Decode(e))) => {
-            refuse_bad_connect(&mut io, &e).await;
+            refuse_bad_connect(&mut io, &decoder, &e).await;
             None
         }
     };
@@ -245,7 +237,11 @@ where
 }
 
 /// A CONNECT that failed to decode: answer what the specification asks, then close.
-async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>, e: &DecodeError) {
+async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Io<S>,
+    decoder: &Decoder,
+    e: &DecodeError,
+) {
     warn!(error = %e, "refusing CONNECT");
     match e {
         // MQTT-3.1.2-2: an unsupported level gets return code 1 (0x84 in 5.0, but a client that
@@ -255,17 +251,17 @@ async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>, e
                 code: ReasonCode::V3_UNACCEPTABLE_PROTOCOL_VERSION,
                 ..Default::default()
             };
-            encode(&Packet::ConnAck(ack), Protocol::V3_1_1, &mut io.wbuf);
+            encode(&Packet::ConnAck(ack), Protocol::V3_1_1, io.wbuf());
             io.flush_best_effort().await;
         }
         // A 5.0 CONNECT that is malformed gets a CONNACK with the reason (MQTT-4.13.1-1 allows it).
         // `protocol()` is set only by a CONNECT that decoded, so ask what the refused one named.
-        _ if io.decoder.connect_protocol() == Some(Protocol::V5) => {
+        _ if decoder.connect_protocol() == Some(Protocol::V5) => {
             let ack = ConnAck {
                 code: e.reason_code(),
                 ..Default::default()
             };
-            encode(&Packet::ConnAck(ack), Protocol::V5, &mut io.wbuf);
+            encode(&Packet::ConnAck(ack), Protocol::V5, io.wbuf());
             io.flush_best_effort().await;
         }
         _ => {}
@@ -284,31 +280,83 @@ struct Origin {
     username: Username,
 }
 
-/// The socket and buffers.
+/// The socket and its buffers.
 struct Io<S> {
     stream: S,
+    /// Made when something is read or written, and given back when the packet loop waits with
+    /// both buffers empty (see `Io::give_back_idle`): most connections are idle most of the
+    /// time, and the 70 bytes of an empty pair would otherwise stay in every task.
+    bufs: Option<Box<Bufs>>,
+}
+
+#[derive(Default)]
+struct Bufs {
     rbuf: BytesMut,
     wbuf: BytesMut,
-    decoder: Decoder,
     /// Bytes were written since the last flush. TLS and WebSocket streams hold written bytes
     /// until flushed (a WebSocket sends one message per flush); TCP's flush does nothing.
     unflushed: bool,
-    /// Room the next read asks for (between READ_MIN and READ_MAX).
+    /// Room the next read of a partial packet asks for (between READ_MIN and READ_MAX).
     read_hint: u32,
+}
+
+impl Bufs {
+    fn boxed() -> Box<Bufs> {
+        Box::new(Bufs {
+            read_hint: READ_MIN as u32,
+            ..Bufs::default()
+        })
+    }
+}
+
+/// A write buffer whose room is at most this is given back with an idle connection's buffers;
+/// a larger one (a subscriber that receives bursts) is kept, so a busy connection does not
+/// allocate its room again on every turn.
+const KEPT_WRITE_ROOM: usize = 4 * 1024;
+
+impl<S> Io<S> {
+    fn new(stream: S) -> Io<S> {
+        Io { stream, bufs: None }
+    }
+
+    fn bufs(&mut self) -> &mut Bufs {
+        self.bufs.get_or_insert_with(Bufs::boxed)
+    }
+
+    /// The write buffer, made if there is none.
+    fn wbuf(&mut self) -> &mut BytesMut {
+        &mut self.bufs().wbuf
+    }
+
+    /// Bytes waiting to be written.
+    fn unwritten(&self) -> usize {
+        self.bufs.as_ref().map_or(0, |b| b.wbuf.len())
+    }
+
+    /// Gives the buffers back when nothing waits in them (see `bufs`).
+    fn give_back_idle(&mut self) {
+        if let Some(b) = &self.bufs {
+            if b.rbuf.is_empty()
+                && b.wbuf.is_empty()
+                && !b.unflushed
+                && b.wbuf.capacity() <= KEPT_WRITE_ROOM
+            {
+                self.bufs = None;
+            }
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     /// Reads until one packet is whole; `Ok(None)` at end of stream.
-    async fn read_packet(&mut self) -> Result<Option<Packet>, ReadError> {
+    async fn read_packet(&mut self, decoder: &mut Decoder) -> Result<Option<Packet>, ReadError> {
         loop {
-            if let Some(p) = self
-                .decoder
-                .decode(&mut self.rbuf)
-                .map_err(ReadError::Decode)?
-            {
-                return Ok(Some(p));
+            if let Some(b) = self.bufs.as_deref_mut() {
+                if let Some(p) = decoder.decode(&mut b.rbuf).map_err(ReadError::Decode)? {
+                    return Ok(Some(p));
+                }
             }
-            match read_more(&mut self.stream, &mut self.rbuf, &mut self.read_hint).await {
+            match std::future::poll_fn(|cx| self.poll_read(cx)).await {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
                 Err(e) => return Err(ReadError::Io(e)),
@@ -316,13 +364,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         }
     }
 
+    /// One read into the read buffer, which is untouched unless it is ready.
+    ///
+    /// With no partial packet buffered, the read goes into the thread's scratch buffer and the
+    /// read buffer gets an allocation of exactly what came: an idle connection holds no read
+    /// buffer, and the packets' views (a client id, a topic filter kept by the subscription
+    /// index) keep only what they came in alive. A partial packet is completed in the read
+    /// buffer itself, with room that grows while reads fill it (a busy publisher) and shrinks
+    /// when they do not.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        match self.bufs.as_deref_mut() {
+            Some(b) if !b.rbuf.is_empty() => {
+                poll_read_partial(&mut self.stream, cx, &mut b.rbuf, &mut b.read_hint)
+            }
+            _ => {
+                let bufs = &mut self.bufs;
+                poll_read_scratch(&mut self.stream, cx, |filled| {
+                    let rbuf = &mut bufs.get_or_insert_with(Bufs::boxed).rbuf;
+                    if rbuf.capacity() != 0 {
+                        // Give back what the last read left (payload views still using it
+                        // keep it alive until they are done).
+                        *rbuf = BytesMut::new();
+                    }
+                    rbuf.extend_from_slice(filled);
+                })
+            }
+        }
+    }
+
     /// Writes what is buffered, bounded in time; a peer that does not read loses the rest.
     async fn flush_best_effort(&mut self) {
         let flush = async {
-            while !self.wbuf.is_empty() {
-                match self.stream.write(&self.wbuf).await {
+            while let Some(b) = self.bufs.as_deref_mut().filter(|b| !b.wbuf.is_empty()) {
+                match self.stream.write(&b.wbuf).await {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => self.wbuf.advance(n),
+                    Ok(n) => b.wbuf.advance(n),
                 }
             }
             let _ = self.stream.flush().await;
@@ -332,28 +408,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     }
 }
 
-/// The connected client's per-connection state.
+/// The connected client's per-connection state. It lives in the connection's task, which an
+/// idle connection keeps as long as it lives: what is not used on every turn is boxed (`terms`,
+/// `rare`, the buffers in `io`).
 struct Client<'a, S> {
     io: Io<S>,
     shared: &'a Shared,
     protocol: Protocol,
     session: Arc<Session>,
-    connection_id: u64,
-    /// Will message, and its delay in seconds.
-    will: Option<Arc<Message>>,
-    will_delay: u32,
     /// The broker's line to this connection (takeover, shutdown, keep alive). Dropped last,
     /// after `detach` (see `finish`).
     control: ControlReceiver,
-    /// Seconds; 0: no keep alive. The check is `Broker::keep_alive`'s.
-    keep_alive: u16,
-    session_expiry: u32,
+    /// What CONNECT settled.
+    terms: Box<Terms>,
     /// Our outgoing in-flight window: min(client's Receive Maximum, max_inflight).
     send_window: u16,
-    client_max_packet: u32,
-    client_alias_max: u16,
-    /// Who the client is (its id among it), for the authorizers, hooks and log lines.
-    info: Arc<ClientInfo>,
     /// Deliveries are checked against the ACL for read access (not for superusers, nor
     /// without authorizers).
     checks_reads: bool,
@@ -361,6 +430,23 @@ struct Client<'a, S> {
     client_disconnect: Option<ReasonCode>,
     /// What most connections never need, made on first use (see `Rare`).
     rare: Option<Box<Rare>>,
+}
+
+/// What a connection's CONNECT settled, read now and then (hooks, log lines, limits): one
+/// allocation beside the task.
+struct Terms {
+    /// Who the client is (its id among it), for the authorizers, hooks and log lines.
+    info: ClientInfo,
+    connection_id: u64,
+    /// Will message, and its delay in seconds.
+    will: Option<Arc<Message>>,
+    will_delay: u32,
+    /// Changed by a 5.0 DISCONNECT.
+    session_expiry: u32,
+    client_max_packet: u32,
+    /// Seconds; 0: no keep alive. The check is `Broker::keep_alive`'s.
+    keep_alive: u16,
+    client_alias_max: u16,
 }
 
 /// The parts of a connection's state that an idle connection (most of them) does not use:
@@ -429,7 +515,7 @@ where
                 properties: Default::default(),
             }),
             protocol,
-            &mut io.wbuf,
+            io.wbuf(),
         );
     };
 
@@ -590,7 +676,7 @@ where
             return None;
         }
     };
-    let info = Arc::new(ClientInfo {
+    let info = ClientInfo {
         client_id: client_id.clone(),
         username: username.clone(),
         peer,
@@ -598,7 +684,7 @@ where
         listener,
         certificate_identity,
         superuser,
-    });
+    };
 
     let connection_id = broker.next_connection_id();
     let (control_tx, control_rx) = control_channel();
@@ -627,17 +713,19 @@ where
         shared,
         protocol,
         session,
-        connection_id,
         control: control_rx,
-        keep_alive,
-        session_expiry,
         send_window: receive_max.min(max_inflight),
-        will_delay: will.as_ref().map_or(0, |(_, delay)| *delay),
-        will: will.map(|(message, _)| message),
-        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
-        client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         checks_reads: shared.auth.checks_reads(&info),
-        info,
+        terms: Box::new(Terms {
+            info,
+            connection_id,
+            will_delay: will.as_ref().map_or(0, |(_, delay)| *delay),
+            will: will.map(|(message, _)| message),
+            session_expiry,
+            client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            keep_alive,
+            client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        }),
         client_disconnect: None,
         rare: None,
     };
@@ -663,9 +751,11 @@ where
         code: ReasonCode::SUCCESS,
         properties,
     };
-    encode(&Packet::ConnAck(ack), protocol, &mut client.io.wbuf);
+    encode(&Packet::ConnAck(ack), protocol, client.io.wbuf());
     info!(%peer, username = username.as_ref().map(ByteStr::as_str), protocol = protocol.level(), clean_start = connect.clean_start, keep_alive, session_present = present, superuser, "client connected");
-    shared.hooks.each(|h| h.client_connected(&client.info));
+    shared
+        .hooks
+        .each(|h| h.client_connected(&client.terms.info));
 
     if let Some(line) = keep_alive_line {
         broker.keep_alive().watch(line, keep_alive);
@@ -697,85 +787,93 @@ where
                 departure: Departure::Shutdown,
             };
         }
-        // Packets that came in the same read as CONNECT are already buffered.
-        if let Err(close) = self.handle_read().await {
-            return close;
-        }
+        // The task keeps room for this future's largest state as long as the connection lives,
+        // so it holds only the client and one boxed future at a time: the wait's outcome is
+        // handled before the next await (`on_event`), and input in its own boxed future.
         loop {
-            self.drain_queue();
-            let event = std::future::poll_fn(|cx| self.poll_event(cx)).await;
-            match event {
-                Event::Control(Some(Control::Shutdown)) => {
-                    return Close {
-                        reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
-                        departure: Departure::Shutdown,
-                    };
-                }
-                Event::Control(Some(Control::KeepAliveTimeout)) => {
-                    info!(client_id = %self.info.client_id, peer = %self.info.peer,
-                        keep_alive_ms = u64::from(self.keep_alive) * 1000,
-                        "keep alive timed out"
-                    );
-                    return Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT);
-                }
-                Event::Control(c) => {
-                    // A closed channel: the broker stopped waiting for this connection to close
-                    // after a takeover and dropped its handle; it is taken over all the same.
-                    let reason = match c {
-                        Some(Control::Disconnect(reason)) => reason,
-                        Some(Control::Shutdown | Control::KeepAliveTimeout) => {
-                            unreachable!("matched above")
-                        }
-                        None => ReasonCode::SESSION_TAKEN_OVER,
-                    };
-                    info!(client_id = %self.info.client_id, peer = %self.info.peer, reason = %reason, "closing connection at the broker's request");
-                    return Close {
-                        reason: Some(reason),
-                        departure: Departure::WithWill,
-                    };
-                }
-                Event::Wrote(Ok(())) => {}
-                Event::Wrote(Err(e)) => {
-                    debug!(client_id = %self.info.client_id, peer = %self.info.peer, error = %e, "write failed");
-                    return Close {
-                        reason: None,
-                        departure: Departure::WithWill,
-                    };
-                }
-                Event::Drained(drained) => {
-                    self.end_pause(drained);
-                    if let Err(close) = self.handle_read().await {
-                        return close;
-                    }
-                }
-                Event::Read(Ok(0)) => {
-                    info!(client_id = %self.info.client_id, peer = %self.info.peer, "connection closed by the client without DISCONNECT");
-                    return Close {
-                        reason: None,
-                        departure: Departure::WithWill,
-                    };
-                }
-                Event::Read(Ok(_)) => {
-                    if let Err(close) = self.handle_read().await {
-                        return close;
-                    }
-                }
-                Event::Read(Err(e)) => {
-                    info!(client_id = %self.info.client_id, peer = %self.info.peer, error = %e, "connection lost");
-                    return Close {
-                        reason: None,
-                        departure: Departure::WithWill,
-                    };
-                }
-                Event::Notified => {}
-                Event::Committed(Ok(())) => self.release_acks(),
-                Event::Committed(Err(_)) => {
-                    return Close {
-                        reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
-                        departure: Departure::Shutdown,
-                    };
+            // First what came in the same read as CONNECT, then what each read brings.
+            if let Err(close) = Box::pin(self.handle_input()).await {
+                return close;
+            }
+            loop {
+                self.drain_queue();
+                let event = std::future::poll_fn(|cx| self.poll_event(cx)).await;
+                match self.on_event(event) {
+                    Ok(Input::Waiting) => break,
+                    Ok(Input::None) => {}
+                    Err(close) => return close,
                 }
             }
+        }
+    }
+
+    /// What the packet loop's wait found, acted on: whether input waits to be handled, or why
+    /// the connection ends.
+    fn on_event(&mut self, event: Event) -> Result<Input, Close> {
+        match event {
+            Event::Control(Some(Control::Shutdown)) => Err(Close {
+                reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
+                departure: Departure::Shutdown,
+            }),
+            Event::Control(Some(Control::KeepAliveTimeout)) => {
+                info!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer,
+                    keep_alive_ms = u64::from(self.terms.keep_alive) * 1000,
+                    "keep alive timed out"
+                );
+                Err(Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT))
+            }
+            Event::Control(c) => {
+                // A closed channel: the broker stopped waiting for this connection to close
+                // after a takeover and dropped its handle; it is taken over all the same.
+                let reason = match c {
+                    Some(Control::Disconnect(reason)) => reason,
+                    Some(Control::Shutdown | Control::KeepAliveTimeout) => {
+                        unreachable!("matched above")
+                    }
+                    None => ReasonCode::SESSION_TAKEN_OVER,
+                };
+                info!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, reason = %reason, "closing connection at the broker's request");
+                Err(Close {
+                    reason: Some(reason),
+                    departure: Departure::WithWill,
+                })
+            }
+            Event::Wrote(Ok(())) => Ok(Input::None),
+            Event::Wrote(Err(e)) => {
+                debug!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, error = %e, "write failed");
+                Err(Close {
+                    reason: None,
+                    departure: Departure::WithWill,
+                })
+            }
+            Event::Drained(drained) => {
+                self.end_pause(drained);
+                Ok(Input::Waiting)
+            }
+            Event::Read(Ok(0)) => {
+                info!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, "connection closed by the client without DISCONNECT");
+                Err(Close {
+                    reason: None,
+                    departure: Departure::WithWill,
+                })
+            }
+            Event::Read(Ok(_)) => Ok(Input::Waiting),
+            Event::Read(Err(e)) => {
+                info!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, error = %e, "connection lost");
+                Err(Close {
+                    reason: None,
+                    departure: Departure::WithWill,
+                })
+            }
+            Event::Notified => Ok(Input::None),
+            Event::Committed(Ok(())) => {
+                self.release_acks();
+                Ok(Input::None)
+            }
+            Event::Committed(Err(_)) => Err(Close {
+                reason: Some(ReasonCode::SERVER_SHUTTING_DOWN),
+                departure: Departure::Shutdown,
+            }),
         }
     }
 
@@ -791,14 +889,13 @@ where
             return Poll::Ready(Event::Control(c));
         }
         let io = &mut self.io;
-        if !io.wbuf.is_empty() || io.unflushed {
-            if let Poll::Ready(r) = poll_write_or_flush(
-                Pin::new(&mut io.stream),
-                cx,
-                &mut io.wbuf,
-                &mut io.unflushed,
-            ) {
-                return Poll::Ready(Event::Wrote(r));
+        if let Some(b) = io.bufs.as_deref_mut() {
+            if !b.wbuf.is_empty() || b.unflushed {
+                if let Poll::Ready(r) =
+                    poll_write_or_flush(Pin::new(&mut io.stream), cx, &mut b.wbuf, &mut b.unflushed)
+                {
+                    return Poll::Ready(Event::Wrote(r));
+                }
             }
         }
         match self.rare.as_deref_mut() {
@@ -814,10 +911,7 @@ where
                 }
             }
             _ => {
-                let io = &mut self.io;
-                if let Poll::Ready(r) =
-                    poll_read_more(&mut io.stream, cx, &mut io.rbuf, &mut io.read_hint)
-                {
+                if let Poll::Ready(r) = self.io.poll_read(cx) {
                     return Poll::Ready(Event::Read(r));
                 }
             }
@@ -837,6 +931,7 @@ where
                 }
             }
         }
+        self.io.give_back_idle();
         Poll::Pending
     }
 
@@ -864,7 +959,7 @@ where
             if let Some((Hold::Queue(pressure), _)) = paused {
                 pressure.stalled();
             }
-            debug!(client_id = %self.info.client_id, peer = %self.info.peer,
+            debug!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer,
                 wait_ms = PUBLISHER_WAIT.as_millis() as u64,
                 "a subscriber's queue did not drain in time; reading again"
             );
@@ -878,18 +973,19 @@ where
         self.rare.as_ref().is_some_and(|r| r.paused.is_some())
     }
 
-    /// `handle_input`, boxed: its state (a packet, an authorizer's answer) is several times an
-    /// idle connection's and lives only while the input is handled.
-    async fn handle_read(&mut self) -> Result<(), Close> {
-        Box::pin(self.handle_input()).await
-    }
-
     /// Decodes and handles every whole packet in the read buffer. Awaits only when an auth
-    /// backend answers after I/O; packets are handled in order either way.
+    /// backend answers after I/O; packets are handled in order either way. Boxed by the caller:
+    /// its state (a packet, an authorizer's answer) is several times an idle connection's and
+    /// lives only while the input is handled.
     async fn handle_input(&mut self) -> Result<(), Close> {
+        let mut decoder =
+            Decoder::after_connect(self.protocol, self.shared.config.limits.max_packet_size);
         // A pause leaves the rest of the read buffer for when it ends.
         while !self.is_paused() {
-            let packet = match self.io.decoder.decode(&mut self.io.rbuf) {
+            let Some(bufs) = self.io.bufs.as_deref_mut() else {
+                return Ok(());
+            };
+            let packet = match decoder.decode(&mut bufs.rbuf) {
                 // Keep alive counts whole Control Packets [MQTT-3.1.2-22] (5.0), not bytes: a
                 // packet trickled a byte at a time does not hold the connection open.
                 Ok(Some(p)) => {
@@ -898,7 +994,7 @@ where
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    warn!(client_id = %self.info.client_id, peer = %self.info.peer, error = %e, reason = %e.reason_code(), "malformed input; closing");
+                    warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, error = %e, reason = %e.reason_code(), "malformed input; closing");
                     return Err(Close::error(e.reason_code()));
                 }
             };
@@ -974,15 +1070,15 @@ where
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
             Packet::Connect(_) => {
-                warn!(client_id = %self.info.client_id, peer = %self.info.peer, "second CONNECT [MQTT-3.1.0-2]; closing");
+                warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, "second CONNECT [MQTT-3.1.0-2]; closing");
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
             Packet::Auth(_) => {
-                warn!(client_id = %self.info.client_id, peer = %self.info.peer, "AUTH without an authentication method in CONNECT; closing");
+                warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, "AUTH without an authentication method in CONNECT; closing");
                 Err(Close::error(ReasonCode::PROTOCOL_ERROR))
             }
             other => {
-                warn!(client_id = %self.info.client_id, peer = %self.info.peer,
+                warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer,
                     packet = other.name(),
                     "a client may not send this packet; closing"
                 );
@@ -993,7 +1089,7 @@ where
 
     /// Asks the authorizers; awaits only when a backend needs I/O.
     async fn authorize(&self, action: Action, topic: &str) -> Verdict {
-        match self.shared.auth.authorize(&self.info, action, topic) {
+        match self.shared.auth.authorize(&self.terms.info, action, topic) {
             Check::Ready(verdict) => verdict,
             Check::Pending(answer) => answer.await,
         }
@@ -1006,7 +1102,7 @@ where
             let max = usize::from(config.mqtt.topic_alias_maximum);
             let slot = usize::from(alias).checked_sub(1).filter(|i| *i < max);
             let Some(slot) = slot else {
-                warn!(client_id = %self.info.client_id, peer = %self.info.peer,
+                warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer,
                     alias,
                     max, "topic alias out of range [MQTT-3.3.2-9]; closing"
                 );
@@ -1017,7 +1113,7 @@ where
                 match known.and_then(Option::as_ref) {
                     Some(t) => p.topic = t.clone(),
                     None => {
-                        warn!(client_id = %self.info.client_id, peer = %self.info.peer, alias, "topic alias used before it was set; closing");
+                        warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, alias, "topic alias used before it was set; closing");
                         return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
                     }
                 }
@@ -1030,11 +1126,11 @@ where
             }
         }
         if p.retain && !config.mqtt.retain_available {
-            warn!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, "retained PUBLISH while retain is not available; closing");
+            warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, topic = %p.topic, "retained PUBLISH while retain is not available; closing");
             return Err(Close::error(ReasonCode::RETAIN_NOT_SUPPORTED));
         }
         if topic_levels(&p.topic) > config.limits.max_topic_levels {
-            warn!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
+            warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, topic = %p.topic, max = config.limits.max_topic_levels, "topic has too many levels; closing");
             return Err(Close::error(ReasonCode::TOPIC_NAME_INVALID));
         }
         let qos = p.qos;
@@ -1059,7 +1155,7 @@ where
             if ids.map_or(0, |ids| ids.len()) >= usize::from(config.limits.max_inflight)
                 && self.protocol.is_v5()
             {
-                warn!(client_id = %self.info.client_id, peer = %self.info.peer,
+                warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer,
                     max = config.limits.max_inflight,
                     "client exceeded our Receive Maximum [MQTT-3.3.4-8]; closing"
                 );
@@ -1078,10 +1174,10 @@ where
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            warn!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
+            warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, topic = %p.topic, "payload marked UTF-8 is not valid UTF-8; not routed");
             reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
         } else if p.topic.starts_with("$SYS/") || p.topic.as_str() == "$SYS" {
-            debug!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, "clients may not publish to $SYS; ignored");
+            debug!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, topic = %p.topic, "clients may not publish to $SYS; ignored");
         } else if let Verdict::Denied { reason: why, by } = self
             .authorize(
                 Action::Publish {
@@ -1094,7 +1190,7 @@ where
         {
             // 5.0 says so in the acknowledgement; 3.1.1 has no way to, so the message is
             // acknowledged and dropped, as mosquitto does.
-            info!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %p.topic, backend = %by, reason = %why, "PUBLISH denied by the ACL; dropped");
+            info!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, topic = %p.topic, backend = %by, reason = %why, "PUBLISH denied by the ACL; dropped");
             if self.protocol.is_v5() {
                 reason = ReasonCode::NOT_AUTHORIZED;
             }
@@ -1105,14 +1201,14 @@ where
                 qos,
                 p.retain,
                 p.properties,
-                Some(self.info.client_id.clone()),
+                Some(self.terms.info.client_id.clone()),
             );
             let message = Arc::new(message);
             let mut outcome = if self.shared.hooks.is_empty() {
                 self.shared.broker.publish(message)
             } else {
                 let outcome = self.shared.broker.publish(Arc::clone(&message));
-                let info = &self.info;
+                let info = &self.terms.info;
                 self.shared
                     .hooks
                     .each(|h| h.message_published(Some(info), &message));
@@ -1237,13 +1333,13 @@ where
                     filter: filter.clone(),
                     qos: options.qos,
                 };
-                let info = &self.info;
+                let info = &self.terms.info;
                 self.shared
                     .hooks
                     .each(|h| h.rewrite_subscription(info, &mut request));
                 if request.filter != filter {
                     if !topic::valid_topic_filter(&request.filter) {
-                        warn!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "a hook rewrote the filter into an invalid one; refused");
+                        warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, filter = %filter, rewritten = %request.filter, "a hook rewrote the filter into an invalid one; refused");
                         codes.push(if v5 {
                             ReasonCode::TOPIC_FILTER_INVALID
                         } else {
@@ -1251,7 +1347,7 @@ where
                         });
                         continue;
                     }
-                    debug!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, rewritten = %request.filter, "subscription rewritten by a hook");
+                    debug!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, filter = %filter, rewritten = %request.filter, "subscription rewritten by a hook");
                     filter = request.filter;
                 }
                 options.qos = request.qos;
@@ -1260,11 +1356,11 @@ where
             let options = &options;
             let shared = topic::parse_shared(filter).is_some();
             if shared && options.no_local && self.protocol.is_v5() {
-                warn!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
+                warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, filter = %filter, "No Local on a shared subscription [MQTT-3.8.3-4]; closing");
                 return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
             }
             if topic_levels(filter) > self.shared.config.limits.max_topic_levels {
-                warn!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, "filter has too many levels; refused");
+                warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, filter = %filter, "filter has too many levels; refused");
                 codes.push(if self.protocol.is_v5() {
                     ReasonCode::TOPIC_FILTER_INVALID
                 } else {
@@ -1278,7 +1374,7 @@ where
             };
             let action = Action::Subscribe { qos: options.qos };
             if let Verdict::Denied { reason, by } = self.authorize(action, plain).await {
-                info!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, backend = %by, %reason, "SUBSCRIBE denied by the ACL");
+                info!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, filter = %filter, backend = %by, %reason, "SUBSCRIBE denied by the ACL");
                 codes.push(if v5 {
                     ReasonCode::NOT_AUTHORIZED
                 } else {
@@ -1290,8 +1386,8 @@ where
                 .shared
                 .broker
                 .subscribe(&self.session, filter, *options, id);
-            debug!(client_id = %self.info.client_id, peer = %self.info.peer, filter = %filter, qos = options.qos as u8, "subscribed");
-            let info = &self.info;
+            debug!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, filter = %filter, qos = options.qos as u8, "subscribed");
+            let info = &self.terms.info;
             self.shared
                 .hooks
                 .each(|h| h.subscribed(info, filter, options));
@@ -1317,7 +1413,7 @@ where
             let removed = self.shared.broker.unsubscribe(&self.session, filter);
             wait_for = wait_for.max(removed.unwrap_or(0));
             if removed.is_some() {
-                let info = &self.info;
+                let info = &self.terms.info;
                 self.shared.hooks.each(|h| h.unsubscribed(info, filter));
             }
             codes.push(if removed.is_some() {
@@ -1342,14 +1438,14 @@ where
     fn on_disconnect(&mut self, d: Disconnect) -> Close {
         if let Some(expiry) = d.properties.session_expiry_interval {
             // MQTT-3.14.2-2: a session that was to end with the connection cannot be extended here.
-            if self.session_expiry == 0 && expiry != 0 {
-                warn!(client_id = %self.info.client_id, peer = %self.info.peer,
+            if self.terms.session_expiry == 0 && expiry != 0 {
+                warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer,
                     "DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]; closing"
                 );
                 return Close::error(ReasonCode::PROTOCOL_ERROR);
             }
             let expiry = expiry.min(self.shared.config.mqtt.max_session_expiry);
-            self.session_expiry = expiry;
+            self.terms.session_expiry = expiry;
             self.session.lock().expiry_interval = expiry;
         }
         self.client_disconnect = Some(d.reason);
@@ -1358,7 +1454,7 @@ where
         } else {
             Departure::Normal
         };
-        info!(client_id = %self.info.client_id, peer = %self.info.peer, reason = %d.reason, "client disconnected");
+        info!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, reason = %d.reason, "client disconnected");
         Close {
             reason: None,
             departure,
@@ -1385,7 +1481,7 @@ where
                         ..Default::default()
                     }),
                     self.protocol,
-                    &mut self.io.wbuf,
+                    self.io.wbuf(),
                 ),
             }
         }
@@ -1400,7 +1496,7 @@ where
     /// Moves deliveries from the session queue into the write buffer, as far as the in-flight
     /// window and the write high-water mark allow.
     fn drain_queue(&mut self) {
-        if self.io.wbuf.len() >= WRITE_HIGH_WATER {
+        if self.io.unwritten() >= WRITE_HIGH_WATER {
             return;
         }
         let session = Arc::clone(&self.session);
@@ -1410,7 +1506,7 @@ where
         }
         let now = Instant::now();
         let mut sent = 0u64;
-        while self.io.wbuf.len() < WRITE_HIGH_WATER {
+        while self.io.unwritten() < WRITE_HIGH_WATER {
             match state.queue.front() {
                 None => break,
                 // Order is kept: a QoS 0 message behind a full window waits too.
@@ -1432,9 +1528,9 @@ where
             if self.checks_reads {
                 let topic = &delivery.message.topic;
                 if let Verdict::Denied { reason, by } =
-                    self.shared.auth.authorize_read(&self.info, topic)
+                    self.shared.auth.authorize_read(&self.terms.info, topic)
                 {
-                    debug!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %topic, backend = %by, %reason, "delivery denied by the ACL (read); dropped");
+                    debug!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, topic = %topic, backend = %by, %reason, "delivery denied by the ACL (read); dropped");
                     self.shared.broker.unstore(client_id, &delivery);
                     continue;
                 }
@@ -1480,7 +1576,7 @@ where
         // deadlock on it.
         if let Some(rare) = self.rare.as_deref_mut() {
             for message in rare.delivered.drain(..) {
-                let info = &self.info;
+                let info = &self.terms.info;
                 self.shared
                     .hooks
                     .each(|h| h.message_delivered(info, &message, QoS::AtMostOnce));
@@ -1506,7 +1602,7 @@ where
 
     /// Tells the hooks a QoS 1/2 message reached the client (PUBACK / PUBCOMP).
     fn delivered_hook(&self, done: &Outgoing) {
-        let info = &self.info;
+        let info = &self.terms.info;
         self.shared
             .hooks
             .each(|h| h.message_delivered(info, &done.delivery.message, done.delivery.qos));
@@ -1548,7 +1644,7 @@ where
         let done = *committed.borrow_and_update();
         while rare.held_acks.front().is_some_and(|(n, _)| *n <= done) {
             let (_, packet) = rare.held_acks.pop_front().expect("front checked");
-            encode(&packet, self.protocol, &mut self.io.wbuf);
+            encode(&packet, self.protocol, self.io.wbuf());
         }
     }
 
@@ -1560,8 +1656,8 @@ where
         let v5 = self.protocol.is_v5();
         let mut topic: &str = &m.topic;
         let mut alias = None;
-        if v5 && self.client_alias_max > 0 {
-            let max = usize::from(self.client_alias_max);
+        if v5 && self.terms.client_alias_max > 0 {
+            let max = usize::from(self.terms.client_alias_max);
             let aliases = &mut self.rare().out_aliases;
             match aliases.get(&m.topic) {
                 Some(&a) => {
@@ -1588,13 +1684,13 @@ where
             subscription_identifiers: if v5 { &d.subscription_ids } else { &[] },
             payload_len: m.payload.len(),
         };
-        if v5 && publish_head_len(&head, self.protocol) > self.client_max_packet as usize {
+        if v5 && publish_head_len(&head, self.protocol) > self.terms.client_max_packet as usize {
             if topic.is_empty() {
                 // Alias just assigned for a packet we do not send: the client never learned it.
             } else if alias.is_some() {
                 self.rare().out_aliases.remove(&m.topic);
             }
-            debug!(client_id = %self.info.client_id, peer = %self.info.peer, topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
+            debug!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, topic = %m.topic, max = self.terms.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
             self.shared
                 .broker
                 .stats
@@ -1602,15 +1698,16 @@ where
                 .fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        encode_publish_head(&head, self.protocol, &mut self.io.wbuf);
-        self.io.wbuf.extend_from_slice(&m.payload);
+        let wbuf = self.io.wbuf();
+        encode_publish_head(&head, self.protocol, wbuf);
+        wbuf.extend_from_slice(&m.payload);
         true
     }
 
     /// Encodes a control packet. Acknowledgements carry no reason string or user property, so
     /// Request Problem Information 0 (MQTT-3.1.2-29) holds without a check here.
     fn send(&mut self, packet: &Packet) {
-        encode(packet, self.protocol, &mut self.io.wbuf);
+        encode(packet, self.protocol, self.io.wbuf());
     }
 
     /// Ends the connection: DISCONNECT (5.0) if there is a reason, flush, then the will and the
@@ -1621,21 +1718,28 @@ where
                 reason,
                 properties: DisconnectProperties::default(),
             };
-            encode(&Packet::Disconnect(d), self.protocol, &mut self.io.wbuf);
+            encode(&Packet::Disconnect(d), self.protocol, self.io.wbuf());
         }
         self.io.flush_best_effort().await;
         self.shared.broker.keep_alive().unwatch(&self.control);
-        let will = self.will.take().map(|message| (message, self.will_delay));
-        self.shared
-            .broker
-            .detach(&self.session, self.connection_id, close.departure, will);
+        let will = self
+            .terms
+            .will
+            .take()
+            .map(|message| (message, self.terms.will_delay));
+        self.shared.broker.detach(
+            &self.session,
+            self.terms.connection_id,
+            close.departure,
+            will,
+        );
         if !self.shared.hooks.is_empty() {
             let how = match (self.client_disconnect, close.reason) {
                 (Some(reason), None) => Disconnection::Client(reason),
                 (_, Some(reason)) => Disconnection::Server(reason),
                 (None, None) => Disconnection::ConnectionLost,
             };
-            let info = &self.info;
+            let info = &self.terms.info;
             self.shared.hooks.each(|h| h.client_disconnected(info, how));
         }
     }
@@ -1645,6 +1749,12 @@ where
 /// the short topics of the per-message path.
 fn topic_levels(topic: &str) -> usize {
     topic.bytes().filter(|&b| b == b'/').count() + 1
+}
+
+/// Whether the packet loop has input to handle after an event.
+enum Input {
+    Waiting,
+    None,
 }
 
 /// What the packet loop's wait (`Client::poll_event`) found.
@@ -1717,36 +1827,14 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_MAX].into_boxed_slice());
 }
 
-/// Reads more bytes into `rbuf`. Cancel-safe: it either reads or leaves `rbuf` untouched.
-async fn read_more<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    rbuf: &mut BytesMut,
-    hint: &mut u32,
-) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_more(reader, cx, rbuf, hint)).await
-}
-
-/// One read into `rbuf`; `rbuf` is untouched unless it is ready.
-///
-/// With no partial packet buffered, the read goes into the thread's scratch buffer and `rbuf`
-/// gets an allocation of exactly what came: an idle connection holds no read buffer, and the
-/// packets' views (a client id, a topic filter kept by the subscription index) keep only what
-/// they came in alive. A partial packet is completed in `rbuf` itself, with room that grows
-/// while reads fill it (a busy publisher) and shrinks when they do not.
-fn poll_read_more<R: AsyncRead + Unpin>(
+/// One read completing the partial packet in `rbuf`, with room of `hint`, which follows how
+/// much the reads bring.
+fn poll_read_partial<R: AsyncRead + Unpin>(
     reader: &mut R,
     cx: &mut Context<'_>,
     rbuf: &mut BytesMut,
     hint: &mut u32,
 ) -> Poll<std::io::Result<usize>> {
-    if rbuf.is_empty() {
-        if rbuf.capacity() != 0 {
-            // Give back what the last read left (payload views still using it keep it alive
-            // until they are done).
-            *rbuf = BytesMut::new();
-        }
-        return poll_read_scratch(reader, cx, rbuf);
-    }
     let wanted = *hint as usize;
     rbuf.reserve(wanted);
     let room = rbuf.capacity() - rbuf.len();
@@ -1760,29 +1848,31 @@ fn poll_read_more<R: AsyncRead + Unpin>(
     Poll::Ready(Ok(n))
 }
 
-/// One read through the thread's scratch buffer, appended to `rbuf`.
+/// One read through the thread's scratch buffer; what came (if anything) goes to `keep`.
 fn poll_read_scratch<R: AsyncRead + Unpin>(
     reader: &mut R,
     cx: &mut Context<'_>,
-    rbuf: &mut BytesMut,
+    keep: impl FnOnce(&[u8]),
 ) -> Poll<std::io::Result<usize>> {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut scratch) => read_appending(reader, cx, &mut scratch, rbuf),
+        Ok(mut scratch) => read_keeping(reader, cx, &mut scratch, keep),
         // Not reentrant in practice; a buffer of its own is correct all the same.
-        Err(_) => read_appending(reader, cx, &mut vec![0; READ_MIN], rbuf),
+        Err(_) => read_keeping(reader, cx, &mut vec![0; READ_MIN], keep),
     })
 }
 
-fn read_appending<R: AsyncRead + Unpin>(
+fn read_keeping<R: AsyncRead + Unpin>(
     reader: &mut R,
     cx: &mut Context<'_>,
     scratch: &mut [u8],
-    rbuf: &mut BytesMut,
+    keep: impl FnOnce(&[u8]),
 ) -> Poll<std::io::Result<usize>> {
     let mut buf = ReadBuf::new(scratch);
     ready!(Pin::new(reader).poll_read(cx, &mut buf))?;
     let filled = buf.filled();
-    rbuf.extend_from_slice(filled);
+    if !filled.is_empty() {
+        keep(filled);
+    }
     Poll::Ready(Ok(filled.len()))
 }
 
