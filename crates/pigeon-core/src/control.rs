@@ -9,7 +9,6 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use tokio::sync::Notify;
 
 /// What the broker may ask of a connection task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +26,9 @@ struct State {
     receiver_waker: Option<Waker>,
     senders: u32,
     receiver_gone: bool,
+    /// Woken when the receiver is dropped (`ControlSender::closed`): a takeover's wait, rarely
+    /// more than one. Empty, it allocates nothing.
+    closed_wakers: Vec<Waker>,
     /// Where the keep alive wheel holds this line: slot (`NO_SLOT`: none) and index in it, kept
     /// by the wheel under its lock, so that a closing connection takes its entry out at once.
     wheel_slot: u16,
@@ -37,8 +39,6 @@ pub(crate) const NO_SLOT: u16 = u16::MAX;
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes `ControlSender::closed` when the receiver is dropped.
-    gone: Notify,
     /// When the connection last received a whole packet, on the keep alive wheel's clock
     /// (`KeepAlive::now_ms`); `keepalive::NOT_COUNTING` while it does not read.
     heard: AtomicU64,
@@ -59,10 +59,10 @@ pub fn control_channel() -> (ControlSender, ControlReceiver) {
             receiver_waker: None,
             senders: 1,
             receiver_gone: false,
+            closed_wakers: Vec::new(),
             wheel_slot: NO_SLOT,
             wheel_index: 0,
         }),
-        gone: Notify::new(),
         heard: AtomicU64::new(0),
     });
     (
@@ -97,16 +97,17 @@ impl ControlSender {
 
     /// Resolves once the connection has dropped its end.
     pub async fn closed(&self) {
-        loop {
-            let gone = self.shared.gone.notified();
-            tokio::pin!(gone);
-            // Registered before the check, so a drop between the two is not missed.
-            gone.as_mut().enable();
-            if self.shared.lock().receiver_gone {
-                return;
+        poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if state.receiver_gone {
+                return Poll::Ready(());
             }
-            gone.await;
-        }
+            if !state.closed_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                state.closed_wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The connection has dropped its end.
@@ -213,8 +214,9 @@ impl Drop for ControlReceiver {
         state.receiver_gone = true;
         state.pending = None;
         state.receiver_waker = None;
+        let waiting = std::mem::take(&mut state.closed_wakers);
         drop(state);
-        self.shared.gone.notify_waiters();
+        waiting.into_iter().for_each(Waker::wake);
     }
 }
 
