@@ -44,12 +44,48 @@ impl ByteStr {
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
+    /// The string in an allocation of its own, with its reference count (one small block),
+    /// when it is short (up to 47 bytes); as it is otherwise. A view keeps the whole buffer it
+    /// was read from alive: a client id kept for a connection's life would keep its CONNECT
+    /// packet and the packet buffer's shared header, two blocks, for as long.
+    pub fn compact(&self) -> ByteStr {
+        fn inline<const N: usize>(s: &[u8]) -> Bytes {
+            let mut bytes = [0; N];
+            bytes[..s.len()].copy_from_slice(s);
+            Bytes::from_owner(Inline {
+                len: s.len() as u8,
+                bytes,
+            })
+        }
+        let s = self.0.as_ref();
+        ByteStr(match s.len() {
+            0 => Bytes::new(),
+            1..=15 => inline::<15>(s),
+            16..=31 => inline::<31>(s),
+            32..=47 => inline::<47>(s),
+            _ => return self.clone(),
+        })
+    }
+
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
 
     pub fn into_bytes(self) -> Bytes {
         self.0
+    }
+}
+
+/// A short string's bytes, stored inline (`ByteStr::compact`). Sized so that with the reference
+/// count `Bytes` adds it fills a malloc block of 32, 48 or 64 bytes.
+struct Inline<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> AsRef<[u8]> for Inline<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -101,7 +137,24 @@ impl fmt::Display for ByteStr {
 #[cfg(test)]
 mod tests {
     use super::ByteStr;
+    use bytes::Bytes;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_compact_copy_holds_the_same_string_and_lets_the_buffer_go() {
+        let packet = Bytes::from(
+            b"..client-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-0123456789".to_vec(),
+        );
+        for len in [0, 1, 15, 16, 31, 32, 47, 48, 56] {
+            let view = ByteStr::from_utf8(packet.slice(2..2 + len)).unwrap();
+            let compact = view.compact();
+            assert_eq!(compact, view);
+            assert_eq!(compact.as_str(), &view[..]);
+            let shares_the_packet = compact.as_bytes().as_ptr() == view.as_bytes().as_ptr();
+            // Up to 47 bytes the copy is its own; longer strings stay views.
+            assert_eq!(shares_the_packet, len > 47, "length {len}");
+        }
+    }
 
     #[test]
     fn a_map_keyed_by_byte_str_is_searched_with_str() {

@@ -179,6 +179,8 @@ impl<T: Default> Default for Sparse<T> {
 /// hears nothing), made on first push: unused, it costs one pointer instead of a `VecDeque`'s
 /// 32 bytes, in every session. Once made it is kept (with its room) until `clear`.
 #[derive(Debug)]
+// The box is the point: an empty `Option<Box<..>>` is one pointer, a `VecDeque` four.
+#[allow(clippy::box_collection)]
 pub struct Deque<T>(Option<Box<VecDeque<T>>>);
 
 impl<T> Deque<T> {

@@ -544,7 +544,9 @@ where
     // With `use_identity_as_username` the certificate names the client, for auth and ACLs.
     let mut certificate_identity = None;
     let username = match username {
-        Username::FromConnect => connect.username.clone(),
+        // Compact copies, here and of the client id below: they live as long as the connection,
+        // and views would keep the whole CONNECT packet with them.
+        Username::FromConnect => connect.username.as_ref().map(ByteStr::compact),
         Username::FromCertificate(name) => {
             certificate_identity = Some(name.clone());
             Some(name)
@@ -566,11 +568,11 @@ where
             io.flush_best_effort().await;
             return None;
         }
-        let id = ByteStr::from(assign_client_id(broker.next_connection_id()));
+        let id = ByteStr::from(assign_client_id(broker.next_connection_id())).compact();
         assigned = Some(id.clone());
         id
     } else {
-        connect.client_id.clone()
+        connect.client_id.compact()
     };
     Span::current().record("client_id", client_id.as_str());
 

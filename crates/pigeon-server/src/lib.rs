@@ -1,6 +1,8 @@
 //! Pigeon's tokio server: listeners, connection tasks and shutdown around `pigeon_core::Broker`.
 //!
 //! # Layout
+//! - `alloc`: the global allocator `pigeon` uses: the system's, with tokio's cache-aligned task
+//!   and I/O blocks pooled (two per connection).
 //! - `config`: the typed configuration and its validation.
 //! - `listener`: accept loops; each accepted socket gets its own task at once, which runs the
 //!   TLS and WebSocket handshakes under a timeout and then the connection.
@@ -16,6 +18,7 @@
 //! - `embed`: `Pigeon::builder()`, the broker as a library: Rust auth backends and hooks,
 //!   in-process publish and subscribe, graceful stop.
 
+pub mod alloc;
 pub mod config;
 mod connection;
 mod embed;
