@@ -27,8 +27,11 @@ struct State {
     senders: u32,
     receiver_gone: bool,
     /// Woken when the receiver is dropped (`ControlSender::closed`): a takeover's wait, rarely
-    /// more than one. Empty, it allocates nothing.
-    closed_wakers: Vec<Waker>,
+    /// more than one. Boxed: most lines never have one, and the line is in every connection.
+    #[allow(clippy::box_collection)]
+    closed_wakers: Option<Box<Vec<Waker>>>,
+    /// The connection's keep alive in seconds, for the wheel (`KeepAlive::watch`).
+    keep_alive: u16,
     /// Where the keep alive wheel holds this line: slot (`NO_SLOT`: none) and index in it, kept
     /// by the wheel under its lock, so that a closing connection takes its entry out at once.
     wheel_slot: u16,
@@ -59,7 +62,8 @@ pub fn control_channel() -> (ControlSender, ControlReceiver) {
             receiver_waker: None,
             senders: 1,
             receiver_gone: false,
-            closed_wakers: Vec::new(),
+            closed_wakers: None,
+            keep_alive: 0,
             wheel_slot: NO_SLOT,
             wheel_index: 0,
         }),
@@ -102,8 +106,9 @@ impl ControlSender {
             if state.receiver_gone {
                 return Poll::Ready(());
             }
-            if !state.closed_wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                state.closed_wakers.push(cx.waker().clone());
+            let waiting = state.closed_wakers.get_or_insert_with(Box::default);
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
             }
             Poll::Pending
         })
@@ -124,6 +129,17 @@ impl ControlSender {
         let mut state = self.shared.lock();
         state.wheel_slot = slot;
         state.wheel_index = index;
+    }
+
+    /// Records the keep alive the wheel checks this line against.
+    pub(crate) fn set_keep_alive(&self, keep_alive: u16) {
+        self.shared.lock().keep_alive = keep_alive;
+    }
+
+    /// The keep alive the wheel checks this line against; `None` once the connection is gone.
+    pub(crate) fn watched_keep_alive(&self) -> Option<u16> {
+        let state = self.shared.lock();
+        (!state.receiver_gone).then_some(state.keep_alive)
     }
 
     /// What the connection last recorded with `ControlReceiver::heard`.
@@ -185,6 +201,11 @@ impl ControlReceiver {
         self.shared.heard.store(at_ms, Ordering::Relaxed);
     }
 
+    /// The keep alive in seconds this line is watched with (0: not watched).
+    pub fn keep_alive(&self) -> u16 {
+        self.shared.lock().keep_alive
+    }
+
     pub(crate) fn wheel_place(&self) -> (u16, u32) {
         let state = self.shared.lock();
         (state.wheel_slot, state.wheel_index)
@@ -214,9 +235,9 @@ impl Drop for ControlReceiver {
         state.receiver_gone = true;
         state.pending = None;
         state.receiver_waker = None;
-        let waiting = std::mem::take(&mut state.closed_wakers);
+        let waiting = state.closed_wakers.take();
         drop(state);
-        waiting.into_iter().for_each(Waker::wake);
+        waiting.into_iter().flat_map(|w| *w).for_each(Waker::wake);
     }
 }
 

@@ -7,7 +7,7 @@
 //! with its limit (one and a half times its keep alive). The server calls `tick` every `TICK`: the entries of
 //! the ticks that have passed are checked, and each is either found silent past its limit (the
 //! connection is told `Control::KeepAliveTimeout`), or put back at the tick its limit would next
-//! end. So a connection costs one entry of 16 bytes, and the wheel touches it once per keep
+//! end. So a connection costs one entry of 8 bytes, and the wheel touches it once per keep
 //! alive period, however many packets it receives. A connection is closed within one `TICK`
 //! after its limit. A connection that ends takes its entry out (`unwatch`), so a flood of short
 //! connections leaves nothing behind.
@@ -32,10 +32,15 @@ const KEPT_ROOM: usize = 64;
 /// not count against it.
 pub const NOT_COUNTING: u64 = u64::MAX;
 
+/// A watched line; its keep alive is kept on the line (`ControlSender::set_keep_alive`), so an
+/// entry is one pointer.
 struct Entry {
     control: ControlSender,
-    /// One and a half times the keep alive, in milliseconds.
-    limit_ms: u32,
+}
+
+/// One and a half times `keep_alive` seconds, in milliseconds.
+fn limit_ms(keep_alive: u16) -> u64 {
+    u64::from(keep_alive) * 1500
 }
 
 struct Wheel {
@@ -69,11 +74,11 @@ impl KeepAlive {
     /// `Control::KeepAliveTimeout` once nothing is heard for one and a half times `keep_alive`
     /// seconds (not 0). The entry goes when the connection does (`unwatch`).
     pub fn watch(&self, control: ControlSender, keep_alive: u16) {
-        let limit_ms = u32::from(keep_alive) * 1500;
         let now = self.now_ms();
         control.set_heard(now);
+        control.set_keep_alive(keep_alive);
         self.lock()
-            .insert(Entry { control, limit_ms }, now + u64::from(limit_ms));
+            .insert(Entry { control }, now + limit_ms(keep_alive));
     }
 
     /// Checks the entries of every tick that has passed since the last call; returns how many
@@ -91,13 +96,13 @@ impl KeepAlive {
             let slot = (tick % SLOTS) as usize;
             let mut due = std::mem::take(&mut wheel.slots[slot]);
             for entry in due.drain(..) {
-                if entry.control.is_closed() {
+                let Some(keep_alive) = entry.control.watched_keep_alive() else {
                     continue;
-                }
-                let heard = entry.control.heard();
-                let ends = match heard {
-                    NOT_COUNTING => now + u64::from(entry.limit_ms),
-                    heard => heard.saturating_add(u64::from(entry.limit_ms)),
+                };
+                let limit = limit_ms(keep_alive);
+                let ends = match entry.control.heard() {
+                    NOT_COUNTING => now + limit,
+                    heard => heard.saturating_add(limit),
                 };
                 if now >= ends {
                     entry.control.set_wheel_place(NO_SLOT, 0);

@@ -266,8 +266,6 @@ pub struct SessionState {
     pub generation: u64,
     /// A will waiting out its Will Delay Interval.
     pub pending_will: Option<Arc<Message>>,
-    /// Deliveries dropped because the queue was full or the client offline.
-    pub dropped: u64,
     /// The next store sequence number for a delivery (see `Delivery::seq`).
     pub next_seq: u64,
     /// The store holds a record of this session (so ending it must delete that record).
@@ -306,7 +304,6 @@ impl Session {
                 expiry_interval,
                 generation: 0,
                 pending_will: None,
-                dropped: 0,
                 next_seq: 1,
                 stored: false,
                 pressure: None,
@@ -390,7 +387,6 @@ impl Session {
         store: Option<&Persistence>,
     ) -> (Enqueued, u64, Option<Backpressure>) {
         if delivery.qos == QoS::AtMostOnce && !limits.queue_qos0 && !self.is_connected() {
-            self.lock().dropped += 1;
             return (Enqueued::DroppedOffline, 0, None);
         }
         let weight = delivery.message.weight();
@@ -405,13 +401,11 @@ impl Session {
                 state.queue.iter().position(|d| d.qos == QoS::AtMostOnce)
             };
             let Some(pos) = evictable else {
-                state.dropped += 1;
                 let pressure = self.congestion(&mut state, limits);
                 return (Enqueued::DroppedFull, 0, pressure);
             };
             let evicted = state.queue.remove(pos).expect("position found above");
             state.queued_bytes -= evicted.message.weight();
-            state.dropped += 1;
             if let (Some(store), true) = (store, evicted.seq != 0) {
                 store.delete_queued(&self.client_id, evicted.seq, evicted.message.weight());
             }
@@ -425,7 +419,6 @@ impl Session {
         let durable = delivery.qos != QoS::AtMostOnce || !self.is_connected();
         if let Some(store) = store.filter(|_| durable && state.expiry_interval > 0) {
             if !store.reserve(weight) {
-                state.dropped += 1;
                 return (Enqueued::DroppedStoreFull, 0, None);
             }
             delivery.seq = state.next_seq;

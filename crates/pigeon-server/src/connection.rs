@@ -444,8 +444,6 @@ struct Terms {
     /// Changed by a 5.0 DISCONNECT.
     session_expiry: u32,
     client_max_packet: u32,
-    /// Seconds; 0: no keep alive. The check is `Broker::keep_alive`'s.
-    keep_alive: u16,
     client_alias_max: u16,
 }
 
@@ -725,7 +723,6 @@ where
             will: will.map(|(message, _)| message),
             session_expiry,
             client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
-            keep_alive,
             client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         }),
         client_disconnect: None,
@@ -819,7 +816,7 @@ where
             }),
             Event::Control(Some(Control::KeepAliveTimeout)) => {
                 info!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer,
-                    keep_alive_ms = u64::from(self.terms.keep_alive) * 1000,
+                    keep_alive_ms = u64::from(self.control.keep_alive()) * 1000,
                     "keep alive timed out"
                 );
                 Err(Close::error(ReasonCode::KEEP_ALIVE_TIMEOUT))
