@@ -7,7 +7,7 @@
 //! share without waiting on each other.
 
 use crate::cluster::{ClusterBus, SharedSessions};
-use crate::control::{Control, ControlSender};
+use crate::control::{Control, ControlReceiver, ControlSender};
 use crate::keepalive::KeepAlive;
 use crate::message::{Delivery, Message};
 use crate::retain::RetainedStore;
@@ -53,11 +53,11 @@ impl Default for BrokerSettings {
     }
 }
 
-/// The broker's handle on a connection: its id and a way to tell it to close. The connection
-/// drops the receiving side only after `detach` returns, so a closed line means "gone".
+/// The broker's handle on a connection: the line that tells it to close, which also names it
+/// (`Broker::detach` takes the other end). The connection drops the receiving side only after
+/// `detach` returns, so a closed line means "gone".
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
-    pub id: u64,
     pub control: ControlSender,
 }
 
@@ -127,13 +127,18 @@ impl Registry {
         self.map.remove_entry(client_id).map(|(key, _)| key.0)
     }
 
-    /// Detaches connection `connection_id` from `client_id`'s session if it is the one
-    /// attached; true if it was.
-    fn detach(&mut self, client_id: &str, connection_id: u64) -> bool {
+    /// Detaches the connection on `line` from `client_id`'s session if it is the one attached;
+    /// true if it was.
+    fn detach(&mut self, client_id: &str, line: &ControlSender) -> bool {
+        self.detach_if(client_id, |c| c.control.same_line(line))
+    }
+
+    /// Detaches the connection attached to `client_id`'s session if `is_it`; true if it was.
+    fn detach_if(&mut self, client_id: &str, is_it: impl Fn(&ConnectionHandle) -> bool) -> bool {
         let Some(connection) = self.map.get_mut(client_id) else {
             return false;
         };
-        if connection.as_ref().is_none_or(|c| c.id != connection_id) {
+        if connection.as_ref().is_none_or(|c| !is_it(c)) {
             return false;
         }
         *connection = None;
@@ -606,7 +611,7 @@ impl Broker {
                     }
                 }
             };
-            info!(client_id = %client_id, old_connection = existing.id, "session taken over by a new connection");
+            info!(client_id = %client_id, "session taken over by a new connection");
             // A full control channel means the old connection is already closing.
             let _ = existing
                 .control
@@ -615,8 +620,8 @@ impl Broker {
                 .await
                 .is_err()
             {
-                warn!(client_id = %client_id, old_connection = existing.id, "taken-over connection did not close in time; detaching it");
-                lock(&self.registry).detach(&client_id, existing.id);
+                warn!(client_id = %client_id, "taken-over connection did not close in time; detaching it");
+                lock(&self.registry).detach(&client_id, &existing.control);
             }
         }
     }
@@ -823,7 +828,7 @@ impl Broker {
                     }
                 }
             };
-            info!(client_id = %client_id, old_connection = existing.id, "session taken over by a connection on another node");
+            info!(client_id = %client_id, "session taken over by a connection on another node");
             let _ = existing
                 .control
                 .try_send(Control::Disconnect(ReasonCode::SESSION_TAKEN_OVER));
@@ -831,8 +836,8 @@ impl Broker {
                 .await
                 .is_err()
             {
-                warn!(client_id = %client_id, old_connection = existing.id, "taken-over connection did not close in time; detaching it");
-                lock(&self.registry).detach(client_id, existing.id);
+                warn!(client_id = %client_id, "taken-over connection did not close in time; detaching it");
+                lock(&self.registry).detach(client_id, &existing.control);
             }
         }
         if let (true, Some(shared)) = (held, shared) {
@@ -995,12 +1000,13 @@ impl Broker {
         will
     }
 
-    /// The connection `connection_id` has ended. Publishes or schedules the will, and ends the
-    /// session now or schedules its expiry. Call before dropping the control receiver.
+    /// The connection whose handle carries the other end of `line` has ended. Publishes or
+    /// schedules the will, and ends the session now or schedules its expiry. Call before
+    /// dropping `line`.
     pub fn detach(
         self: &Arc<Self>,
         session: &Arc<Session>,
-        connection_id: u64,
+        line: &ControlReceiver,
         departure: Departure,
         will: Option<(Arc<Message>, u32)>,
     ) {
@@ -1015,7 +1021,7 @@ impl Broker {
         // was detached by force after a takeover timed out): only the will belongs to us.
         let ours = match registry.get(session.client_id()) {
             Some(slot) if Arc::ptr_eq(slot.session, session) => match slot.connection {
-                Some(_) => registry.detach(session.client_id(), connection_id),
+                Some(_) => registry.detach_if(session.client_id(), |c| c.control.is_line_of(line)),
                 None => true,
             },
             _ => false,

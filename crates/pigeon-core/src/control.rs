@@ -125,6 +125,11 @@ impl ControlSender {
         Arc::ptr_eq(&self.shared, &receiver.shared)
     }
 
+    /// The two senders are of one line.
+    pub(crate) fn same_line(&self, other: &ControlSender) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     pub(crate) fn set_wheel_place(&self, slot: u16, index: u32) {
         let mut state = self.shared.lock();
         state.wheel_slot = slot;

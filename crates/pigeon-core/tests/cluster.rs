@@ -69,22 +69,18 @@ async fn connect(
     broker: &Arc<Broker>,
     id: &str,
     expiry: u32,
-) -> (Arc<pigeon_core::Session>, ControlReceiver, u64) {
+) -> (Arc<pigeon_core::Session>, ControlReceiver) {
     let (tx, rx) = control_channel();
-    let connection_id = broker.next_connection_id();
     let (session, _) = broker
         .attach(
             ByteStr::from(id),
             false,
             expiry,
             None,
-            ConnectionHandle {
-                id: connection_id,
-                control: tx,
-            },
+            ConnectionHandle { control: tx },
         )
         .await;
-    (session, rx, connection_id)
+    (session, rx)
 }
 
 fn queued(session: &pigeon_core::Session) -> Vec<String> {
@@ -101,7 +97,7 @@ async fn local_messages_go_to_the_bus_once_and_bus_messages_never_go_back() {
     let broker = Broker::new(BrokerSettings::default());
     let bus = Arc::new(RecordingBus::default());
     broker.set_cluster(bus.clone());
-    let (sub, _rx, _) = connect(&broker, "sub", 0).await;
+    let (sub, _rx) = connect(&broker, "sub", 0).await;
     broker.subscribe(&sub, &ByteStr::from("a/#"), options(QoS::AtLeastOnce), None);
 
     broker.publish(message("a/local", false));
@@ -115,7 +111,7 @@ async fn local_messages_go_to_the_bus_once_and_bus_messages_never_go_back() {
 #[tokio::test]
 async fn the_bus_hears_of_a_filter_once_per_node() {
     let broker = Broker::new(BrokerSettings::default());
-    let (early, _rx1, _) = connect(&broker, "early", 0).await;
+    let (early, _rx1) = connect(&broker, "early", 0).await;
     broker.subscribe(
         &early,
         &ByteStr::from("x/+"),
@@ -125,8 +121,8 @@ async fn the_bus_hears_of_a_filter_once_per_node() {
     let bus = Arc::new(RecordingBus::default());
     // Filters subscribed before the bus came are announced when it comes.
     broker.set_cluster(bus.clone());
-    let (a, _rx2, _) = connect(&broker, "a", 0).await;
-    let (b, _rx3, _) = connect(&broker, "b", 0).await;
+    let (a, _rx2) = connect(&broker, "a", 0).await;
+    let (b, _rx3) = connect(&broker, "b", 0).await;
     broker.subscribe(&a, &ByteStr::from("chat/#"), options(QoS::AtMostOnce), None);
     broker.subscribe(&b, &ByteStr::from("chat/#"), options(QoS::AtMostOnce), None);
     // A shared subscription needs the same filter from the bus.
@@ -161,7 +157,7 @@ async fn shared_groups_are_served_through_the_bus_while_it_is_up() {
     let broker = Broker::new(BrokerSettings::default());
     let bus = Arc::new(RecordingBus::default());
     broker.set_cluster(bus.clone());
-    let (member, _rx, _) = connect(&broker, "member", 0).await;
+    let (member, _rx) = connect(&broker, "member", 0).await;
     broker.subscribe(
         &member,
         &ByteStr::from("$share/g/jobs/+"),
@@ -190,7 +186,7 @@ async fn a_retained_bus_message_is_kept_whether_or_not_this_node_stores_it() {
     broker.set_cluster(Arc::new(RecordingBus::default()));
     broker.publish_from_bus(message("r/1", true), false);
     assert_eq!(broker.retained_count(), 1);
-    let (late, _rx, _) = connect(&broker, "late", 0).await;
+    let (late, _rx) = connect(&broker, "late", 0).await;
     broker.subscribe(
         &late,
         &ByteStr::from("r/#"),
@@ -204,7 +200,7 @@ async fn a_retained_bus_message_is_kept_whether_or_not_this_node_stores_it() {
 async fn a_client_that_connects_on_another_node_is_closed_here_and_its_session_goes() {
     let broker = Broker::new(BrokerSettings::default());
     broker.set_cluster(Arc::new(RecordingBus::default()));
-    let (session, mut control, connection_id) = connect(&broker, "mover", 3600).await;
+    let (session, mut control) = connect(&broker, "mover", 3600).await;
     broker.subscribe(
         &session,
         &ByteStr::from("m/#"),
@@ -220,12 +216,7 @@ async fn a_client_that_connects_on_another_node_is_closed_here_and_its_session_g
         Some(Control::Disconnect(code)) => assert_eq!(code, ReasonCode::SESSION_TAKEN_OVER),
         other => panic!("no disconnect: {other:?}"),
     }
-    broker.detach(
-        &session,
-        connection_id,
-        pigeon_core::Departure::WithWill,
-        None,
-    );
+    broker.detach(&session, &control, pigeon_core::Departure::WithWill, None);
     drop(control);
     assert!(yielding.await.unwrap());
     // Without a shared store the session ends here: no session, no subscription left.

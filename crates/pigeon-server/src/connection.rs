@@ -31,6 +31,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -423,6 +424,11 @@ struct Client<'a, S> {
     terms: Box<Terms>,
     /// Our outgoing in-flight window: min(client's Receive Maximum, max_inflight).
     send_window: u16,
+    /// The client's Maximum Packet Size and Topic Alias Maximum (5.0), read for every
+    /// delivery: here rather than in `terms`, where they would take it past a malloc size
+    /// class (192 bytes).
+    client_max_packet: u32,
+    client_alias_max: u16,
     /// Deliveries are checked against the ACL for read access (not for superusers, nor
     /// without authorizers).
     checks_reads: bool,
@@ -437,14 +443,11 @@ struct Client<'a, S> {
 struct Terms {
     /// Who the client is (its id among it), for the authorizers, hooks and log lines.
     info: ClientInfo,
-    connection_id: u64,
     /// Will message, and its delay in seconds.
     will: Option<Arc<Message>>,
     will_delay: u32,
     /// Changed by a 5.0 DISCONNECT.
     session_expiry: u32,
-    client_max_packet: u32,
-    client_alias_max: u16,
 }
 
 /// The parts of a connection's state that an idle connection (most of them) does not use:
@@ -686,11 +689,9 @@ where
         superuser,
     };
 
-    let connection_id = broker.next_connection_id();
     let (control_tx, control_rx) = control_channel();
     let keep_alive_line = (keep_alive > 0).then(|| control_tx.clone());
     let handle = ConnectionHandle {
-        id: connection_id,
         control: control_tx,
     };
     let (session, present) = broker
@@ -715,15 +716,14 @@ where
         session,
         control: control_rx,
         send_window: receive_max.min(max_inflight),
+        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+        client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         checks_reads: shared.auth.checks_reads(&info),
         terms: Box::new(Terms {
             info,
-            connection_id,
             will_delay: will.as_ref().map_or(0, |(_, delay)| *delay),
             will: will.map(|(message, _)| message),
             session_expiry,
-            client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
-            client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         }),
         client_disconnect: None,
         rare: None,
@@ -1655,8 +1655,8 @@ where
         let v5 = self.protocol.is_v5();
         let mut topic: &str = &m.topic;
         let mut alias = None;
-        if v5 && self.terms.client_alias_max > 0 {
-            let max = usize::from(self.terms.client_alias_max);
+        if v5 && self.client_alias_max > 0 {
+            let max = usize::from(self.client_alias_max);
             let aliases = &mut self.rare().out_aliases;
             match aliases.get(&m.topic) {
                 Some(&a) => {
@@ -1683,13 +1683,13 @@ where
             subscription_identifiers: if v5 { &d.subscription_ids } else { &[] },
             payload_len: m.payload.len(),
         };
-        if v5 && publish_head_len(&head, self.protocol) > self.terms.client_max_packet as usize {
+        if v5 && publish_head_len(&head, self.protocol) > self.client_max_packet as usize {
             if topic.is_empty() {
                 // Alias just assigned for a packet we do not send: the client never learned it.
             } else if alias.is_some() {
                 self.rare().out_aliases.remove(&m.topic);
             }
-            debug!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, topic = %m.topic, max = self.terms.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
+            debug!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, topic = %m.topic, max = self.client_max_packet, "message exceeds the client's Maximum Packet Size; not sent");
             self.shared
                 .broker
                 .stats
@@ -1726,12 +1726,9 @@ where
             .will
             .take()
             .map(|message| (message, self.terms.will_delay));
-        self.shared.broker.detach(
-            &self.session,
-            self.terms.connection_id,
-            close.departure,
-            will,
-        );
+        self.shared
+            .broker
+            .detach(&self.session, &self.control, close.departure, will);
         if !self.shared.hooks.is_empty() {
             let how = match (self.client_disconnect, close.reason) {
                 (Some(reason), None) => Disconnection::Client(reason),
@@ -1823,7 +1820,10 @@ fn poll_write_or_flush<W: AsyncWrite>(
 thread_local! {
     /// Each worker thread's read buffer for connections with nothing partial buffered: they wait
     /// for input holding no buffer of their own.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_MAX].into_boxed_slice());
+    /// Left uninitialized: a page is resident once a read reaches it, so a thread whose reads
+    /// are small (idle connections' pings) holds one page of it, not 64 KiB.
+    static SCRATCH: RefCell<Box<[MaybeUninit<u8>]>> =
+        RefCell::new(Box::new_uninit_slice(READ_MAX));
 }
 
 /// One read completing the partial packet in `rbuf`, with room of `hint`, which follows how
@@ -1856,17 +1856,17 @@ fn poll_read_scratch<R: AsyncRead + Unpin>(
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut scratch) => read_keeping(reader, cx, &mut scratch, keep),
         // Not reentrant in practice; a buffer of its own is correct all the same.
-        Err(_) => read_keeping(reader, cx, &mut vec![0; READ_MIN], keep),
+        Err(_) => read_keeping(reader, cx, &mut vec![MaybeUninit::uninit(); READ_MIN], keep),
     })
 }
 
 fn read_keeping<R: AsyncRead + Unpin>(
     reader: &mut R,
     cx: &mut Context<'_>,
-    scratch: &mut [u8],
+    scratch: &mut [MaybeUninit<u8>],
     keep: impl FnOnce(&[u8]),
 ) -> Poll<std::io::Result<usize>> {
-    let mut buf = ReadBuf::new(scratch);
+    let mut buf = ReadBuf::uninit(scratch);
     ready!(Pin::new(reader).poll_read(cx, &mut buf))?;
     let filled = buf.filled();
     if !filled.is_empty() {

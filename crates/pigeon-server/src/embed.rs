@@ -185,10 +185,8 @@ impl PigeonHandle {
         let broker = Arc::clone(&self.shared.broker);
         let n = self.next_subscription.fetch_add(1, Ordering::Relaxed);
         let client_id = ByteStr::from(format!("\u{0}pigeon-in-process-{n}"));
-        let connection_id = broker.next_connection_id();
         let (control_tx, mut control_rx) = pigeon_core::control_channel();
         let handle = ConnectionHandle {
-            id: connection_id,
             control: control_tx,
         };
         let (session, _) = broker.attach(client_id, true, 0, None, handle).await;
@@ -215,7 +213,7 @@ impl PigeonHandle {
                     _ = closing.changed() => break,
                 }
             }
-            broker.detach(&session, connection_id, Departure::Normal, None);
+            broker.detach(&session, &control_rx, Departure::Normal, None);
             debug!(client_id = %session.client_id(), "in-process subscription ended");
         });
         drop(pump);
