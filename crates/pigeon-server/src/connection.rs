@@ -1,7 +1,8 @@
 //! One client connection: CONNECT, then the packet loop, then the will and the session's fate.
 //!
-//! The task owns the socket, the read and write buffers, the decoder and the state that
-//! lives only as long as the connection (topic aliases, keep alive, the client's limits). Session
+//! The task owns the socket, the read and write buffers (made while in use) and the state that
+//! lives only as long as the connection (topic aliases, the client's limits, what CONNECT
+//! settled); keep alive is the broker's wheel, told through the control line. Session
 //! state that outlives it (queue, in flight, QoS 2 ids) sits in `pigeon_core::Session`. The loop
 //! waits in one poll function over everything it waits for, and its read and write state lives
 //! in the struct, so a wait that ends for another reason loses nothing. Replies
@@ -129,7 +130,7 @@ pub(crate) struct Accepted<S> {
 /// idle connection does not need is kept out of it: the arguments come boxed (an async fn keeps
 /// room for its arguments to the end), and the short-lived, large states are boxed: CONNECT,
 /// authentication and attaching the session (`admit`), the handling of what a read brought
-/// (`Client::handle_read`) and the closing (`Client::finish`). What stays is the client's state
+/// (`Client::handle_input`) and the closing (`Client::finish`). What stays is the client's state
 /// and the packet loop's few waits (see `Client::poll_event`).
 pub(crate) async fn serve<S>(accepted: Box<Accepted<S>>)
 where

@@ -8,8 +8,8 @@
 //!   TLS and WebSocket handshakes under a timeout and then the connection.
 //! - `tls`: rustls configs from PEM files, client certificates, reload.
 //! - `ws`: the WebSocket upgrade and the stream adapter from WebSocket messages to bytes.
-//! - `connection`: one client's task: CONNECT, then a `select!` over socket, session queue,
-//!   keep alive, broker control and shutdown.
+//! - `connection`: one client's task: CONNECT, then one poll function over the socket, the
+//!   session queue and the broker's control line (takeover, keep alive, shutdown).
 //! - `http`: the HTTP listener: health, index and static files.
 //! - `login_limit`: failed logins counted per client address, and bans.
 //! - `server`: `Server::bind` / `Server::run`, which tests call with port 0; the auth chain from
