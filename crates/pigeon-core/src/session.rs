@@ -179,51 +179,49 @@ impl<T: Default> Default for Sparse<T> {
 /// hears nothing), made on first push: unused, it costs one pointer instead of a `VecDeque`'s
 /// 32 bytes, in every session. Once made it is kept (with its room) until `clear`.
 #[derive(Debug)]
-// The box is the point: an empty `Option<Box<..>>` is one pointer, a `VecDeque` four.
-#[allow(clippy::box_collection)]
-pub struct Deque<T>(Option<Box<VecDeque<T>>>);
+pub struct Deque<T>(Sparse<VecDeque<T>>);
 
 impl<T> Deque<T> {
     pub fn new() -> Deque<T> {
-        Deque(None)
+        Deque(Sparse::new())
     }
 
     pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |d| d.len())
+        self.0.get().map_or(0, VecDeque::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(|d| d.is_empty())
+        self.0.get().is_none_or(VecDeque::is_empty)
     }
 
     pub fn front(&self) -> Option<&T> {
-        self.0.as_ref()?.front()
+        self.0.get()?.front()
     }
 
     pub fn push_back(&mut self, item: T) {
-        self.0.get_or_insert_with(Box::default).push_back(item);
+        self.0.make().push_back(item);
     }
 
     pub fn pop_front(&mut self) -> Option<T> {
-        self.0.as_mut()?.pop_front()
+        self.0.get_mut()?.pop_front()
     }
 
     pub fn remove(&mut self, index: usize) -> Option<T> {
-        self.0.as_mut()?.remove(index)
+        self.0.get_mut()?.remove(index)
     }
 
     /// Empties the queue and gives back its room.
     pub fn clear(&mut self) {
-        self.0 = None;
+        self.0.take();
     }
 
     pub fn iter(&self) -> DequeIter<'_, T> {
-        self.0.as_deref().map(VecDeque::iter).into_iter().flatten()
+        self.0.get().map(VecDeque::iter).into_iter().flatten()
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.0
-            .as_deref_mut()
+            .get_mut()
             .map(VecDeque::iter_mut)
             .into_iter()
             .flatten()
