@@ -5,6 +5,7 @@
 //! a hundred bytes, where a `tokio::sync::mpsc` channel (cache-padded, with a first block of
 //! slots) took about 500, the largest single part of an idle connection after its task.
 
+use crate::session::Sparse;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,9 +28,9 @@ struct State {
     senders: u32,
     receiver_gone: bool,
     /// Woken when the receiver is dropped (`ControlSender::closed`): a takeover's wait, rarely
-    /// more than one. Boxed: most lines never have one, and the line is in every connection.
-    #[allow(clippy::box_collection)]
-    closed_wakers: Option<Box<Vec<Waker>>>,
+    /// more than one. Made on first use: most lines never have one, and the line is in every
+    /// connection.
+    closed_wakers: Sparse<Vec<Waker>>,
     /// The connection's keep alive in seconds, for the wheel (`KeepAlive::watch`).
     keep_alive: u16,
     /// Where the keep alive wheel holds this line: slot (`NO_SLOT`: none) and index in it, kept
@@ -62,7 +63,7 @@ pub fn control_channel() -> (ControlSender, ControlReceiver) {
             receiver_waker: None,
             senders: 1,
             receiver_gone: false,
-            closed_wakers: None,
+            closed_wakers: Sparse::new(),
             keep_alive: 0,
             wheel_slot: NO_SLOT,
             wheel_index: 0,
@@ -106,7 +107,7 @@ impl ControlSender {
             if state.receiver_gone {
                 return Poll::Ready(());
             }
-            let waiting = state.closed_wakers.get_or_insert_with(Box::default);
+            let waiting = state.closed_wakers.make();
             if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
                 waiting.push(cx.waker().clone());
             }
@@ -242,7 +243,7 @@ impl Drop for ControlReceiver {
         state.receiver_waker = None;
         let waiting = state.closed_wakers.take();
         drop(state);
-        waiting.into_iter().flat_map(|w| *w).for_each(Waker::wake);
+        waiting.into_iter().for_each(Waker::wake);
     }
 }
 
