@@ -174,16 +174,20 @@ pub trait Authenticator: Send + Sync + 'static {
     }
 }
 
-/// An admitted client, as the authorizers and hooks see it. Made once per connection.
+/// An admitted client, as the authorizers and hooks see it. Made once per connection and kept
+/// for its life, so it is kept small: what every connection of a listener shares is shared, and
+/// what few have is a pointer.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub client_id: ByteStr,
     pub username: Option<ByteStr>,
     pub peer: SocketAddr,
     pub protocol: Protocol,
-    /// The local address of the listener; `None` for the in-process client of an embedded broker.
-    pub listener: Option<SocketAddr>,
-    pub certificate_identity: Option<ByteStr>,
+    /// The local address of the listener, one copy for all of its connections; `None` for the
+    /// in-process client of an embedded broker.
+    pub listener: Option<Arc<SocketAddr>>,
+    /// The verified client certificate's Common Name, when the listener uses it as username.
+    pub certificate_identity: Option<Arc<str>>,
     /// Skips the authorizers.
     pub superuser: bool,
 }

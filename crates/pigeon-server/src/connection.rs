@@ -113,7 +113,7 @@ impl Close {
 pub(crate) struct Accepted<S> {
     pub(crate) stream: S,
     pub(crate) peer: SocketAddr,
-    pub(crate) listener: Option<SocketAddr>,
+    pub(crate) listener: Option<Arc<SocketAddr>>,
     pub(crate) username: Username,
     pub(crate) shared: Arc<Shared>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -184,7 +184,7 @@ fn unbox<T>(b: Box<T>) -> T {
 async fn admit<S>(
     socket: S,
     peer: SocketAddr,
-    listener: Option<SocketAddr>,
+    listener: Option<Arc<SocketAddr>>,
     username: Username,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
@@ -278,7 +278,7 @@ enum ReadError {
 /// Where a connection comes from: its address, its listener and what the TLS layer says of it.
 struct Origin {
     peer: SocketAddr,
-    listener: Option<SocketAddr>,
+    listener: Option<Arc<SocketAddr>>,
     username: Username,
 }
 
@@ -553,7 +553,7 @@ where
         // and views would keep the whole CONNECT packet with them.
         Username::FromConnect => connect.username.as_ref().map(ByteStr::compact),
         Username::FromCertificate(name) => {
-            certificate_identity = Some(name.clone());
+            certificate_identity = Some(Arc::<str>::from(name.as_str()));
             Some(name)
         }
         Username::CertificateMissing => {
@@ -648,7 +648,7 @@ where
         password: connect.password.as_deref(),
         peer,
         protocol,
-        listener,
+        listener: listener.as_deref().copied(),
         certificate_identity: certificate_identity.as_deref(),
     };
     let superuser = match shared.auth.authenticate(&request).resolve().await {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument, Span};
@@ -66,6 +66,23 @@ impl Transport {
     }
 }
 
+/// Binds an MQTT listener as `TcpListener::bind` does (address reuse, a backlog of 1024), with
+/// TCP_NODELAY set on the listening socket: Linux copies it to each socket it accepts, which
+/// spares a system call per connection (`accept_loop` checks the first and sets it on each when
+/// the system does not copy it).
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    // Not fatal: the accepted sockets are then set one by one.
+    let _ = socket.set_nodelay(true);
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     transport: Transport,
@@ -73,7 +90,11 @@ pub(crate) async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
-    let local = listener.local_addr().ok();
+    // One copy for every connection of the listener (`ClientInfo::listener`).
+    let local = listener.local_addr().ok().map(Arc::new);
+    // Whether accepted sockets come with TCP_NODELAY from the listener (see `bind`): told by the
+    // first one.
+    let mut inherits_nodelay = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -88,13 +109,15 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        if let Err(e) = socket.set_nodelay(true) {
-            warn!(%peer, error = %e, "could not set TCP_NODELAY");
+        if !*inherits_nodelay.get_or_insert_with(|| socket.nodelay().unwrap_or(false)) {
+            if let Err(e) = socket.set_nodelay(true) {
+                warn!(%peer, error = %e, "could not set TCP_NODELAY");
+            }
         }
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
         let transport = transport.clone();
-        let span = match local {
+        let span = match &local {
             Some(local) => {
                 info_span!("conn", %peer, %local, forwarded_for = tracing::field::Empty, client_id = tracing::field::Empty)
             }
@@ -110,7 +133,7 @@ pub(crate) async fn accept_loop(
                 let accepted = Box::new(Accepted {
                     stream: socket,
                     peer,
-                    listener: local,
+                    listener: local.clone(),
                     username: Username::FromConnect,
                     shared,
                     shutdown,
@@ -122,6 +145,7 @@ pub(crate) async fn accept_loop(
             }
             other => {
                 let alive = alive.clone();
+                let local = local.clone();
                 tokio::spawn(async move {
                     Box::pin(serve_any(
                         socket, peer, local, other, shared, shutdown, span,
@@ -138,7 +162,7 @@ pub(crate) async fn accept_loop(
 async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
-    listener: Option<SocketAddr>,
+    listener: Option<Arc<SocketAddr>>,
     username: Username,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -163,7 +187,7 @@ async fn serve_stream<S>(
 async fn serve_any(
     socket: TcpStream,
     peer: SocketAddr,
-    local: Option<SocketAddr>,
+    local: Option<Arc<SocketAddr>>,
     transport: Transport,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -299,4 +323,21 @@ fn forwarded<S>(peer: SocketAddr, upgraded: &ws::Upgraded<S>, span: &Span) -> So
     }
     span.in_scope(|| debug!(subprotocol = upgraded.subprotocol, "WebSocket upgraded"));
     upgraded.peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sockets_accepted_from_a_bound_listener_have_nodelay() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        // What `accept_loop` relies on to skip the per-socket call on Linux.
+        #[cfg(target_os = "linux")]
+        assert!(accepted.nodelay().unwrap());
+        let _ = accepted;
+    }
 }

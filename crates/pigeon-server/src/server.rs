@@ -255,12 +255,10 @@ impl Server {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut reloadable = Vec::new();
         for (l, tls) in config.listeners.iter().zip(tls_sources) {
-            let socket = TcpListener::bind(l.bind)
-                .await
-                .map_err(|source| Error::Bind {
-                    addr: l.bind,
-                    source,
-                })?;
+            let socket = listener::bind(l.bind).map_err(|source| Error::Bind {
+                addr: l.bind,
+                source,
+            })?;
             let addr = socket.local_addr().map_err(Error::LocalAddr)?;
             if l.protocol.is_websocket() {
                 info!(%addr, protocol = %l.protocol, path = l.ws_path(), "listening");
