@@ -66,10 +66,16 @@ impl Transport {
     }
 }
 
-/// Binds an MQTT listener as `TcpListener::bind` does (address reuse, a backlog of 1024), with
-/// TCP_NODELAY set on the listening socket: Linux copies it to each socket it accepts, which
-/// spares a system call per connection (`accept_loop` checks the first and sets it on each when
-/// the system does not copy it).
+/// Connections the kernel completes for a listener before `accept` takes them; beyond it, it drops
+/// SYNs and the clients try again a second or more later. Asked high because devices reconnect
+/// all at once after a network blip or a restart: the kernel caps it at `net.core.somaxconn`
+/// (4096 by default since Linux 5.4). mio's `TcpListener::bind` asks 1024, mosquitto 100.
+const BACKLOG: u32 = 65_535;
+
+/// Binds an MQTT listener as `TcpListener::bind` does (address reuse), with a backlog of
+/// `BACKLOG` and TCP_NODELAY set on the listening socket: Linux copies it to each socket it
+/// accepts, which spares a system call per connection (`accept_loop` checks the first and sets
+/// it on each when the system does not copy it).
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -80,7 +86,7 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // Not fatal: the accepted sockets are then set one by one.
     let _ = socket.set_nodelay(true);
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(BACKLOG)
 }
 
 pub(crate) async fn accept_loop(

@@ -1,7 +1,7 @@
 //! The `conns` scenario: many idle connections, the rate the broker accepts them at, and, given the
 //! broker's pid, its resident memory per connection.
 //!
-//! Handshakes run `CONNECT_CONCURRENCY` at a time (or paced by `--rate`) until all are connected or
+//! Handshakes run `--concurrency` at a time (or paced by `--rate`) until all are connected or
 //! `--duration` is over. A loopback address has about 28k local ports per source address, so past
 //! `--per-source` connections the sockets are bound to 127.0.0.2, 127.0.0.3, ... before connect.
 //! Connections stay idle (a PINGREQ every 30 s) until RSS is read, then each sends DISCONNECT.
@@ -23,9 +23,6 @@ use super::timeline::Pacer;
 use super::traffic::PING_EVERY;
 use super::{BenchArgs, Settings};
 
-/// Handshakes in progress at once; the broker's accept backlog holds more, but beyond it SYNs are
-/// retransmitted a second later, which would show as a connect rate the broker did not cause.
-const CONNECT_CONCURRENCY: usize = 64;
 /// Time the broker gets after the last CONNACK before its RSS is read.
 const SETTLE: Duration = Duration::from_secs(1);
 /// Local ports kept free per source address for other programs and TIME_WAIT leftovers.
@@ -43,7 +40,7 @@ pub(crate) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
     let rss_before = args.pid.map(broker_rss_kib).transpose()?;
     let overflows_before = listen_overflows();
 
-    let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let limit = Arc::new(Semaphore::new(args.concurrency as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let connected = Arc::new(AtomicUsize::new(0));
     let closed_by_broker = Arc::new(AtomicUsize::new(0));
@@ -122,7 +119,7 @@ pub(crate) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
     // Let handshakes already started finish (each is bounded by its own timeout).
     let _ = timeout(
         Duration::from_secs(15),
-        limit.acquire_many(CONNECT_CONCURRENCY as u32),
+        limit.acquire_many(args.concurrency),
     )
     .await;
 
@@ -154,6 +151,7 @@ pub(crate) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
     params
         .str("protocol", super::protocol_name(opts.protocol))
         .uint("connections", wanted as u64)
+        .uint("concurrency", u64::from(args.concurrency))
         .opt_float("rate", settings.rate, 1)
         .uint("per_source", per_source as u64)
         .float("duration_s", settings.duration.as_secs_f64(), 3);

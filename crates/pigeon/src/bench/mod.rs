@@ -95,6 +95,11 @@ pub(crate) struct BenchArgs {
     /// conns: connections to open.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) connections: usize,
+    /// conns: handshakes in progress at once. The default stays below every broker's listen
+    /// backlog (mosquitto's is 100); above a broker's backlog the kernel drops SYNs, which the
+    /// clients send again a second later, as in a reconnect storm.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: u32,
     /// QoS 1: PUBLISH packets awaiting PUBACK per publisher.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) inflight: u16,

@@ -144,6 +144,7 @@ async fn conns_opens_and_closes_connections() {
         subscribers: 1,
         pairs: 1,
         connections: 50,
+        concurrency: 8,
         inflight: 1,
         payload: 64,
         rate: None,
