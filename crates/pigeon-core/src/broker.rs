@@ -465,7 +465,7 @@ impl Broker {
                 }
             }
             if !loaded.incoming.is_empty() {
-                state.incoming_qos2.make().extend(loaded.incoming);
+                state.incoming_qos2_make().extend(loaded.incoming);
             }
         }
         let left = |since: Option<u64>, total: u32| -> u64 {
@@ -475,7 +475,7 @@ impl Broker {
             u64::from(total).saturating_sub(gone)
         };
         if let Some((will, delay)) = loaded.record.will {
-            session.lock().pending_will = Some(will);
+            session.lock().set_pending_will(Some(will));
             self.schedule_will(&session, left(loaded.record.disconnected_at_ms, delay), 1);
         }
         if expiry != NEVER_EXPIRES {
@@ -865,8 +865,8 @@ impl Broker {
         let filters: Vec<ByteStr> = {
             let mut state = session.lock();
             // Timers armed for this session find a new generation and do nothing.
-            state.generation += 1;
-            state.pending_will = None;
+            state.generation = state.generation.wrapping_add(1);
+            state.set_pending_will(None);
             if let Some(store) = &self.store {
                 let stored: usize = state
                     .queue
@@ -920,9 +920,9 @@ impl Broker {
             let mut state = session.lock();
             let was_stored = state.stored;
             state.expiry_interval = expiry_interval;
-            state.generation += 1;
+            state.generation = state.generation.wrapping_add(1);
             // MQTT-3.1.3-9 (5.0): a new connection before the will delay ends cancels the will.
-            state.pending_will = None;
+            state.set_pending_will(None);
             let record = SessionRecord {
                 expiry_interval,
                 disconnected_at_ms: None,
@@ -969,7 +969,9 @@ impl Broker {
             state.queue.clear();
             state.queued_bytes = 0;
             state.inflight.clear();
-            state.incoming_qos2.take();
+            if let Some(ids) = state.incoming_qos2_mut() {
+                std::mem::take(ids);
+            }
             if state.stored {
                 self.persist_op(StoreOp::SessionDelete {
                     client_id: session.client_id().clone(),
@@ -977,7 +979,7 @@ impl Broker {
                 state.stored = false;
             }
             let filters: Vec<ByteStr> = state.subscriptions.take().into_keys().collect();
-            (filters, state.pending_will.take())
+            (filters, state.take_pending_will())
         };
         let index = &self.index;
         for filter in &filters {
@@ -1068,7 +1070,7 @@ impl Broker {
                 record,
             });
             if let Some((will, _)) = &delayed_will {
-                state.pending_will = Some(Arc::clone(will));
+                state.set_pending_will(Some(Arc::clone(will)));
             }
         }
         if departure == Departure::Shutdown {
@@ -1083,7 +1085,7 @@ impl Broker {
     }
 
     /// Publishes the session's pending will after `secs`, unless a client reattached meanwhile.
-    fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, secs: u64, generation: u64) {
+    fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, secs: u64, generation: u32) {
         let broker = Arc::clone(self);
         let session = Arc::clone(session);
         tokio::spawn(async move {
@@ -1093,7 +1095,7 @@ impl Broker {
                 if state.generation != generation {
                     return;
                 }
-                let will = state.pending_will.take();
+                let will = state.take_pending_will();
                 if will.is_some() {
                     let record = SessionRecord {
                         expiry_interval: state.expiry_interval,
@@ -1114,7 +1116,7 @@ impl Broker {
     }
 
     /// Ends the session after `secs` unless a client reattached meanwhile.
-    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, secs: u64, generation: u64) {
+    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, secs: u64, generation: u32) {
         let broker = Arc::clone(self);
         let session = Arc::clone(session);
         tokio::spawn(async move {
@@ -1124,7 +1126,7 @@ impl Broker {
     }
 
     /// Ends a detached session whose expiry interval ran out, unless a client came back.
-    fn expire(&self, session: &Arc<Session>, generation: u64) {
+    fn expire(&self, session: &Arc<Session>, generation: u32) {
         let mut registry = lock(&self.registry);
         let current = registry
             .get(session.client_id())

@@ -256,24 +256,34 @@ pub struct SessionState {
     /// MQTT-4.4.0-1).
     pub inflight: Deque<Outgoing>,
     next_packet_id: u16,
-    /// Incoming QoS 2 packet ids for which PUBREC was sent and PUBREL not yet received.
-    pub incoming_qos2: Sparse<HashSet<u16>>,
     /// Seconds; 0 ends the session with its connection.
     pub expiry_interval: u32,
-    /// Counts attachments, so timers set while detached can tell a reconnect happened.
-    pub generation: u64,
-    /// A will waiting out its Will Delay Interval.
-    pub pending_will: Option<Arc<Message>>,
+    /// Counts attachments, so timers set while detached can tell a reconnect happened (compared
+    /// for equality only, so wrapping is harmless).
+    pub generation: u32,
     /// The next store sequence number for a delivery (see `Delivery::seq`).
     pub next_seq: u64,
     /// The store holds a record of this session (so ending it must delete that record).
     pub stored: bool,
-    /// Publishers waiting for this queue to drain; made the first time it passes high water.
-    pressure: Option<Arc<Pressure>>,
     /// The queue went from empty to not empty since the attached connection last looked.
     notified: bool,
     /// The attached connection's waker (see `Session::poll_notified`).
     waker: Option<Waker>,
+    /// What few sessions have (see `Rare`).
+    rare: Sparse<Rare>,
+}
+
+/// The parts of a session's state that most sessions never have, made the first time one is
+/// set: one pointer in every session instead of three (which takes the session, with its
+/// reference counts, from a 176-byte heap block to a 160-byte one).
+#[derive(Debug, Default)]
+struct Rare {
+    /// Incoming QoS 2 packet ids for which PUBREC was sent and PUBREL not yet received.
+    incoming_qos2: HashSet<u16>,
+    /// A will waiting out its Will Delay Interval.
+    pending_will: Option<Arc<Message>>,
+    /// Publishers waiting for this queue to drain; made the first time it passes high water.
+    pressure: Option<Arc<Pressure>>,
 }
 
 #[derive(Debug)]
@@ -285,6 +295,11 @@ pub struct Session {
     /// not empty: set under the lock `enqueue` holds anyway, and no larger than a waker.
     state: Mutex<SessionState>,
 }
+
+// Every connection's session is one heap block: 136 bytes and the `Arc`'s two counts fill a
+// 160-byte malloc chunk; a field more takes it to 176.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Session>() <= 136);
 
 impl Session {
     pub fn new(id: SessionId, client_id: ByteStr, expiry_interval: u32) -> Session {
@@ -298,15 +313,13 @@ impl Session {
                 queued_bytes: 0,
                 inflight: Deque::new(),
                 next_packet_id: 1,
-                incoming_qos2: Sparse::new(),
                 expiry_interval,
                 generation: 0,
-                pending_will: None,
                 next_seq: 1,
                 stored: false,
-                pressure: None,
                 notified: false,
                 waker: None,
+                rare: Sparse::new(),
             }),
         }
     }
@@ -330,7 +343,7 @@ impl Session {
             // The connection that polled is gone: its waker would keep its task's memory.
             state.waker = None;
             // Nobody waits on an offline session: its queue drains only when a client returns.
-            if let Some(p) = &state.pressure {
+            if let Some(p) = state.pressure() {
                 p.release();
             }
         }
@@ -339,8 +352,7 @@ impl Session {
     /// Whether publishers are being held back by this session's queue.
     pub fn is_congested(&self) -> bool {
         self.lock()
-            .pressure
-            .as_ref()
+            .pressure()
             .is_some_and(|p| p.high.load(Ordering::Acquire))
     }
 
@@ -458,7 +470,7 @@ impl Session {
         if (state.queue.len() < messages && state.queued_bytes < bytes) || !self.is_connected() {
             return None;
         }
-        let pressure = state.pressure.get_or_insert_with(|| {
+        let pressure = state.rare.make().pressure.get_or_insert_with(|| {
             Arc::new(Pressure {
                 drained: Notify::new(),
                 high: AtomicBool::new(false),
@@ -475,12 +487,48 @@ impl Session {
 }
 
 impl SessionState {
+    fn pressure(&self) -> Option<&Arc<Pressure>> {
+        self.rare.get().and_then(|r| r.pressure.as_ref())
+    }
+
+    /// Incoming QoS 2 packet ids for which PUBREC was sent and PUBREL not yet received; `None`
+    /// (or empty) when there are none.
+    pub fn incoming_qos2(&self) -> Option<&HashSet<u16>> {
+        self.rare.get().map(|r| &r.incoming_qos2)
+    }
+
+    pub fn incoming_qos2_mut(&mut self) -> Option<&mut HashSet<u16>> {
+        self.rare.get_mut().map(|r| &mut r.incoming_qos2)
+    }
+
+    /// The incoming QoS 2 ids, the set made now if it was not.
+    pub fn incoming_qos2_make(&mut self) -> &mut HashSet<u16> {
+        &mut self.rare.make().incoming_qos2
+    }
+
+    /// A will waiting out its Will Delay Interval.
+    pub fn pending_will(&self) -> Option<&Arc<Message>> {
+        self.rare.get().and_then(|r| r.pending_will.as_ref())
+    }
+
+    pub fn set_pending_will(&mut self, will: Option<Arc<Message>>) {
+        match (will, self.rare.get_mut()) {
+            (None, None) => {}
+            (will, Some(rare)) => rare.pending_will = will,
+            (will, None) => self.rare.make().pending_will = will,
+        }
+    }
+
+    pub fn take_pending_will(&mut self) -> Option<Arc<Message>> {
+        self.rare.get_mut().and_then(|r| r.pending_will.take())
+    }
+
     /// Takes the next waiting delivery, keeping the byte count right.
     /// Publishers held back by this queue are released once it is under its low-water mark.
     pub fn pop_queued(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.message.weight();
-        if let Some(p) = &self.pressure {
+        if let Some(p) = self.pressure() {
             if self.queue.len() <= p.low.0 && self.queued_bytes <= p.low.1 {
                 p.release();
             }

@@ -454,6 +454,10 @@ struct Terms {
     session_expiry: u32,
 }
 
+// One heap block per connection: 144 bytes fill a 160-byte malloc chunk.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Terms>() <= 144);
+
 /// The parts of a connection's state that an idle connection (most of them) does not use:
 /// boxed, so that they cost it one pointer instead of some 200 bytes in its task.
 #[derive(Default)]
@@ -1033,7 +1037,7 @@ where
                 let known = {
                     let mut state = self.session.lock();
                     let known =
-                        (state.incoming_qos2.get_mut()).is_some_and(|ids| ids.remove(&r.packet_id));
+                        (state.incoming_qos2_mut()).is_some_and(|ids| ids.remove(&r.packet_id));
                     if known {
                         let client_id = self.session.client_id();
                         self.shared
@@ -1142,7 +1146,7 @@ where
         let mut wait_for = 0;
         if qos == QoS::ExactlyOnce {
             let mut state = self.session.lock();
-            let ids = state.incoming_qos2.get();
+            let ids = state.incoming_qos2();
             if ids.is_some_and(|ids| ids.contains(&packet_id)) {
                 // A resent PUBLISH whose PUBREC was lost: acknowledge again, route nothing
                 // (exactly once, MQTT-4.3.3-10).
@@ -1165,7 +1169,7 @@ where
                 );
                 return Err(Close::error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
             }
-            state.incoming_qos2.make().insert(packet_id);
+            state.incoming_qos2_make().insert(packet_id);
             // Recorded before routing, so the store never holds the routed copies without the
             // id that keeps a resent PUBLISH from being routed again after a restart.
             let client_id = self.session.client_id();
@@ -1254,7 +1258,7 @@ where
                 if reason.is_error() {
                     // A refused QoS 2 message ends its exchange here; no PUBREL follows.
                     let mut state = self.session.lock();
-                    if let Some(ids) = state.incoming_qos2.get_mut() {
+                    if let Some(ids) = state.incoming_qos2_mut() {
                         ids.remove(&packet_id);
                     }
                     let client_id = self.session.client_id();
