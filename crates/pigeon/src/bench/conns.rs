@@ -38,6 +38,8 @@ pub(crate) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
     };
     let sources = SourceAddrs::new(opts.addr, per_source);
     let rss_before = args.pid.map(broker_rss_kib).transpose()?;
+    let cpu_before = args.pid.map(|pid| cpu_ns(&pid.to_string())).transpose()?;
+    let own_cpu_before = cpu_ns("self").ok();
     let overflows_before = listen_overflows();
 
     let limit = Arc::new(Semaphore::new(args.concurrency as usize));
@@ -124,6 +126,9 @@ pub(crate) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
     .await;
 
     let made = connected.load(Ordering::Relaxed);
+    // Read before the settling pause, while the connections are idle: the CPU the handshakes took.
+    let cpu_after = args.pid.map(|pid| cpu_ns(&pid.to_string())).transpose()?;
+    let own_cpu_after = cpu_ns("self").ok();
     let overflows = overflows_before
         .zip(listen_overflows())
         .map(|(b, a)| a.saturating_sub(b));
@@ -161,6 +166,12 @@ pub(crate) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
         }
         _ => None,
     };
+    let per_conn_us = |before: Option<u64>, after: Option<u64>| match (before, after) {
+        (Some(before), Some(after)) if made > 0 => {
+            Some(after.saturating_sub(before) as f64 / 1000.0 / made as f64)
+        }
+        _ => None,
+    };
     let mut line = JsonLine::new();
     line.str("scenario", "conns")
         .str("addr", &args.addr)
@@ -179,6 +190,16 @@ pub(crate) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
         .opt_uint("rss_before_kib", rss_before)
         .opt_uint("rss_after_kib", rss_after)
         .opt_float("bytes_per_conn", bytes_per_conn, 0)
+        .opt_float(
+            "broker_cpu_us_per_conn",
+            per_conn_us(cpu_before, cpu_after),
+            1,
+        )
+        .opt_float(
+            "bench_cpu_us_per_conn",
+            per_conn_us(own_cpu_before, own_cpu_after),
+            1,
+        )
         .uint(
             "closed_by_broker",
             closed_by_broker.load(Ordering::Relaxed) as u64,
@@ -287,9 +308,42 @@ fn broker_rss_kib(pid: u32) -> anyhow::Result<u64> {
         .with_context(|| format!("no VmRSS line in {path}"))
 }
 
+/// CPU time (user and system) of the live threads of a process (`pid`, or `self`) so far, in
+/// nanoseconds: the first field of each thread's `/proc/<pid>/task/<tid>/schedstat`. With the
+/// generator on the broker's cores, a broker's connect rate is partly the generator's; the CPU
+/// each connection cost the broker is its own.
+fn cpu_ns(pid: &str) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task?.path().join("schedstat");
+        // A thread that ended since the listing has no file: its time is lost, as is that of
+        // threads that ended before.
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .with_context(|| format!("no run time in {}", path.display()))?;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_own_cpu_time() {
+        let before = cpu_ns("self").expect("own schedstat");
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(cpu_ns("self").expect("own schedstat") > before);
+    }
 
     #[test]
     fn spreads_over_loopback_addresses_only() {
