@@ -512,10 +512,9 @@ impl SessionState {
     }
 
     pub fn set_pending_will(&mut self, will: Option<Arc<Message>>) {
-        match (will, self.rare.get_mut()) {
-            (None, None) => {}
-            (will, Some(rare)) => rare.pending_will = will,
-            (will, None) => self.rare.make().pending_will = will,
+        // Clearing a will the session never had makes nothing.
+        if will.is_some() || self.rare.get().is_some() {
+            self.rare.make().pending_will = will;
         }
     }
 

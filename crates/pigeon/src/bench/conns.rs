@@ -160,18 +160,14 @@ pub(crate) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
         .opt_float("rate", settings.rate, 1)
         .uint("per_source", per_source as u64)
         .float("duration_s", settings.duration.as_secs_f64(), 3);
-    let bytes_per_conn = match (rss_before, rss_after) {
+    // What a reading grew by over the connections, per connection, in `unit`s of it.
+    let per_conn = |before: Option<u64>, after: Option<u64>, unit: f64| match (before, after) {
         (Some(before), Some(after)) if made > 0 => {
-            Some((after as f64 - before as f64) * 1024.0 / made as f64)
+            Some((after as f64 - before as f64) * unit / made as f64)
         }
         _ => None,
     };
-    let per_conn_us = |before: Option<u64>, after: Option<u64>| match (before, after) {
-        (Some(before), Some(after)) if made > 0 => {
-            Some(after.saturating_sub(before) as f64 / 1000.0 / made as f64)
-        }
-        _ => None,
-    };
+    let bytes_per_conn = per_conn(rss_before, rss_after, 1024.0);
     let mut line = JsonLine::new();
     line.str("scenario", "conns")
         .str("addr", &args.addr)
@@ -192,12 +188,12 @@ pub(crate) async fn run(args: &BenchArgs, settings: &Settings) -> anyhow::Result
         .opt_float("bytes_per_conn", bytes_per_conn, 0)
         .opt_float(
             "broker_cpu_us_per_conn",
-            per_conn_us(cpu_before, cpu_after),
+            per_conn(cpu_before, cpu_after, 1e-3),
             1,
         )
         .opt_float(
             "bench_cpu_us_per_conn",
-            per_conn_us(own_cpu_before, own_cpu_after),
+            per_conn(own_cpu_before, own_cpu_after, 1e-3),
             1,
         )
         .uint(
