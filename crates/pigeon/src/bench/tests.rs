@@ -154,4 +154,37 @@ async fn conns_opens_and_closes_connections() {
     run(args)
         .await
         .expect("50 connections from three source addresses");
+    // The broker closed each connection on its DISCONNECT and the generator closed after it, so
+    // the minute of TIME_WAIT is the broker's, and the generator's local ports are free for the
+    // next run at once.
+    let (broker_side, generator_side) = time_wait(addr.port());
+    assert_eq!(
+        generator_side, 0,
+        "generator closed first on some connections"
+    );
+    assert!(
+        broker_side >= 45,
+        "{broker_side} of 50 in TIME_WAIT on the broker's side"
+    );
+}
+
+/// Connections to or from `port` in TIME_WAIT (/proc/net/tcp): (on the side of `port`, on the
+/// other side).
+fn time_wait(port: u16) -> (usize, usize) {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("Linux lists its TCP sockets");
+    let port_of = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    let (mut local, mut remote) = (0, 0);
+    for row in table.lines().skip(1) {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        // 06 is TIME_WAIT (include/net/tcp_states.h).
+        if fields.len() < 4 || fields[3] != "06" {
+            continue;
+        }
+        if port_of(fields[1]) == Some(port) {
+            local += 1;
+        } else if port_of(fields[2]) == Some(port) {
+            remote += 1;
+        }
+    }
+    (local, remote)
 }
