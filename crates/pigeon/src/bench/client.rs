@@ -245,14 +245,15 @@ impl Client {
         }
     }
 
-    /// Sends DISCONNECT and closes. Errors are ignored: the broker may have closed first.
+    /// Sends DISCONNECT, waits up to `DISCONNECT_TIMEOUT` for the broker to close the connection
+    /// (a server does when the client has not, MQTT 3.1.1 and 5.0 section 3.14.4), and closes.
+    /// Errors are ignored: the broker may have closed already.
     pub(crate) async fn disconnect(mut self) {
         self.wbuf.clear();
         self.push(&Packet::Disconnect(Disconnect::default()));
         let _ = timeout(DISCONNECT_TIMEOUT, async {
             self.flush().await?;
-            // The broker closes the connection on DISCONNECT; closing after it, not before,
-            // leaves the TIME_WAIT socket on its side. The side that closes first keeps the
+            // Closing after the broker, not before, leaves the TIME_WAIT socket on its side. The side that closes first keeps the
             // connection's address pair for a minute, and on this side that would hold up the
             // local ports the next runs connect from (the kernel searches past them).
             while self.stream.read_buf(&mut self.rbuf).await? != 0 {
