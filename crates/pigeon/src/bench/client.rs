@@ -253,9 +253,10 @@ impl Client {
         self.push(&Packet::Disconnect(Disconnect::default()));
         let _ = timeout(DISCONNECT_TIMEOUT, async {
             self.flush().await?;
-            // Closing after the broker, not before, leaves the TIME_WAIT socket on its side. The side that closes first keeps the
-            // connection's address pair for a minute, and on this side that would hold up the
-            // local ports the next runs connect from (the kernel searches past them).
+            // Closing after the broker, not before, leaves the TIME_WAIT socket on its side. The
+            // side that closes first keeps the connection's address pair for a minute, and on
+            // this side that would hold up the local ports the next runs connect from (the
+            // kernel searches past them).
             while self.stream.read_buf(&mut self.rbuf).await? != 0 {
                 self.rbuf.clear();
             }
