@@ -54,6 +54,9 @@ const READ_MIN: usize = 1024;
 const READ_MAX: usize = 64 * 1024;
 /// How long a closing connection may spend flushing its last packets.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long, and how much, a connection closed over the client's error reads on (`linger_after`).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
 /// How long a publisher stops reading for one subscriber's queue to drain (see
 /// `Client::paused`). A subscriber that has not drained by then is taken to be stuck: publishers
 /// stop waiting for it until it drains, and what overflows its queue is dropped and counted.
@@ -254,7 +257,7 @@ async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(
                 ..Default::default()
             };
             encode(&Packet::ConnAck(ack), Protocol::V3_1_1, io.wbuf());
-            io.flush_best_effort().await;
+            io.close_refused(e.reason_code()).await;
         }
         // A 5.0 CONNECT that is malformed gets a CONNACK with the reason (MQTT-4.13.1-1 allows it).
         // `protocol()` is set only by a CONNECT that decoded, so ask what the refused one named.
@@ -264,7 +267,7 @@ async fn refuse_bad_connect<S: AsyncRead + AsyncWrite + Unpin>(
                 ..Default::default()
             };
             encode(&Packet::ConnAck(ack), Protocol::V5, io.wbuf());
-            io.flush_best_effort().await;
+            io.close_refused(e.reason_code()).await;
         }
         _ => {}
     }
@@ -411,6 +414,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         };
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
     }
+
+    /// Flushes a refusing CONNACK and closes, reading on for a while first when the client may
+    /// still be sending (see `linger_after`).
+    async fn close_refused(&mut self, code: ReasonCode) {
+        self.flush_best_effort().await;
+        self.linger_after(code).await;
+    }
+
+    /// After `flush_best_effort` has sent the reason and a FIN: when the server closes over the
+    /// client's error (`client_may_be_sending`), reads and drops what the client still sends
+    /// until it closes its side, for at most `LINGER` and `LINGER_BYTES`. Closing with input
+    /// unread makes the kernel answer with a reset, and a client still writing (PUBREL after
+    /// PUBREL, when it sent one QoS 2 PUBLISH past our Receive Maximum) then fails on a write
+    /// before it reads why it was disconnected.
+    async fn linger_after(&mut self, reason: ReasonCode) {
+        if !client_may_be_sending(reason) {
+            return;
+        }
+        // Boxed: the connection's future, which lives as long as the connection, keeps no room
+        // for this.
+        Box::pin(async {
+            let mut sink = vec![0u8; 4096];
+            let mut left = LINGER_BYTES;
+            let drain = async {
+                while left > 0 {
+                    match self.stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        })
+        .await;
+    }
+}
+
+/// Whether the client may still be sending when the server closes with `reason`: it broke a
+/// rule in the middle of what it sends. Not when the server closes on its own account (shutting
+/// down, a takeover, an administrator, keep alive, the connection limit, a ban).
+fn client_may_be_sending(reason: ReasonCode) -> bool {
+    reason.is_error()
+        && !matches!(
+            reason,
+            ReasonCode::SERVER_SHUTTING_DOWN
+                | ReasonCode::SESSION_TAKEN_OVER
+                | ReasonCode::ADMINISTRATIVE_ACTION
+                | ReasonCode::KEEP_ALIVE_TIMEOUT
+                | ReasonCode::MAXIMUM_CONNECT_TIME
+                | ReasonCode::USE_ANOTHER_SERVER
+                | ReasonCode::SERVER_MOVED
+                | ReasonCode::SERVER_BUSY
+                | ReasonCode::QUOTA_EXCEEDED
+                | ReasonCode::BANNED
+        )
 }
 
 /// The connected client's per-connection state. It lives in the connection's task, which an
@@ -511,21 +569,22 @@ where
     } = from;
     let config = &shared.config;
     let broker = &shared.broker;
+    // Encodes the refusing CONNACK, and gives back `code` for `close_refused`.
     let refuse = |io: &mut Io<S>, code: ReasonCode| {
-        let code = if protocol.is_v5() {
-            code
-        } else {
-            code.to_v3_connack()
-        };
         encode(
             &Packet::ConnAck(ConnAck {
                 session_present: false,
-                code,
+                code: if protocol.is_v5() {
+                    code
+                } else {
+                    code.to_v3_connack()
+                },
                 properties: Default::default(),
             }),
             protocol,
             io.wbuf(),
         );
+        code
     };
 
     if over_limit {
@@ -533,20 +592,20 @@ where
             limit = config.limits.max_connections,
             "refusing connection: max_connections reached"
         );
-        refuse(&mut io, ReasonCode::QUOTA_EXCEEDED);
-        io.flush_best_effort().await;
+        let code = refuse(&mut io, ReasonCode::QUOTA_EXCEEDED);
+        io.close_refused(code).await;
         return None;
     }
     if let Some(left) = shared.logins.banned(peer.ip()) {
         warn!(client_id = %connect.client_id, ip = %peer.ip(), ban_left_secs = left.as_secs(), "refusing CONNECT: too many failed logins from this address");
-        refuse(&mut io, ReasonCode::BANNED);
-        io.flush_best_effort().await;
+        let code = refuse(&mut io, ReasonCode::BANNED);
+        io.close_refused(code).await;
         return None;
     }
     if connect.properties.authentication_method.is_some() {
         warn!(client_id = %connect.client_id, "refusing CONNECT: enhanced authentication is not supported");
-        refuse(&mut io, ReasonCode::BAD_AUTHENTICATION_METHOD);
-        io.flush_best_effort().await;
+        let code = refuse(&mut io, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        io.close_refused(code).await;
         return None;
     }
 
@@ -562,8 +621,8 @@ where
         }
         Username::CertificateMissing => {
             warn!("refusing CONNECT: use_identity_as_username is set and the client presented no certificate with a Common Name");
-            refuse(&mut io, ReasonCode::NOT_AUTHORIZED);
-            io.flush_best_effort().await;
+            let code = refuse(&mut io, ReasonCode::NOT_AUTHORIZED);
+            io.close_refused(code).await;
             return None;
         }
     };
@@ -573,8 +632,8 @@ where
     let client_id = if connect.client_id.is_empty() {
         if protocol == Protocol::V3_1 || (!connect.clean_start && protocol == Protocol::V3_1_1) {
             warn!("refusing CONNECT: empty client id without clean session [MQTT-3.1.3-8]");
-            refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
-            io.flush_best_effort().await;
+            let code = refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            io.close_refused(code).await;
             return None;
         }
         let id = ByteStr::from(assign_client_id(broker.next_connection_id())).compact();
@@ -600,8 +659,8 @@ where
                 max_keepalive = max_ka,
                 "refusing CONNECT: keep alive above max_keepalive"
             );
-            refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
-            io.flush_best_effort().await;
+            let code = refuse(&mut io, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            io.close_refused(code).await;
             return None;
         }
     }
@@ -639,8 +698,8 @@ where
     });
     if let Some((w, _)) = &will {
         if w.retain && !config.mqtt.retain_available {
-            refuse(&mut io, ReasonCode::RETAIN_NOT_SUPPORTED);
-            io.flush_best_effort().await;
+            let code = refuse(&mut io, ReasonCode::RETAIN_NOT_SUPPORTED);
+            io.close_refused(code).await;
             return None;
         }
     }
@@ -682,8 +741,8 @@ where
                     "too many failed logins: address banned"
                 );
             }
-            refuse(&mut io, code.reason_code());
-            io.flush_best_effort().await;
+            let code = refuse(&mut io, code.reason_code());
+            io.close_refused(code).await;
             return None;
         }
     };
@@ -1746,6 +1805,10 @@ where
             };
             let info = &self.terms.info;
             self.shared.hooks.each(|h| h.client_disconnected(info, how));
+        }
+        // Last: the session is detached and the will on its way; only the socket is left.
+        if let Some(reason) = close.reason {
+            self.io.linger_after(reason).await;
         }
     }
 }

@@ -4,12 +4,13 @@
 mod common;
 mod support;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::{Broker, Raw};
-use pigeon_codec::{encoded_len, Packet, Protocol, Publish, QoS, ReasonCode};
+use pigeon_codec::{encode, encoded_len, Packet, Protocol, Publish, QoS, ReasonCode};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A QoS 1 PUBLISH on `t` whose encoded size at `protocol` is exactly `size` bytes.
 fn publish_of_size(protocol: Protocol, size: usize) -> Publish {
@@ -284,4 +285,50 @@ async fn resent_message_over_the_new_maximum_packet_size_is_discarded() {
     let p = receive_and_ack(&mut sub).await;
     assert_eq!((payload(&p), p.dup), ("small", false));
     sub.expect_silence(Duration::from_millis(100)).await;
+}
+
+// [MQTT-3.3.4-7] (5.0): a client sending more QoS 1 and 2 PUBLISH packets than the Receive
+// Maximum we announced gets DISCONNECT 0x93 (section 4.13.2). A client still writing then (a
+// PUBREL for each PUBREC, as the Paho interoperability suite's client does) can write on, reads
+// every PUBREC and the DISCONNECT, and then a clean end of stream: the broker reads on until the
+// client closes, where closing on unread input would have made the kernel answer with a reset.
+#[tokio::test]
+async fn client_past_our_receive_maximum_reads_why_while_it_still_writes() {
+    let broker = Broker::start_with(|c| c.limits.max_inflight = 4).await;
+    let (mut raw, _) = connected(broker.addr, Protocol::V5, "eager", true, |_| {}).await;
+    let mut burst = BytesMut::new();
+    for id in 1..=5 {
+        let p = message("t", "x", QoS::ExactlyOnce, id);
+        encode(&Packet::Publish(p), Protocol::V5, &mut burst);
+    }
+    raw.send_bytes(&burst).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut pubrels = BytesMut::new();
+    for id in 1..=4 {
+        encode(&Packet::PubRel(ack(id)), Protocol::V5, &mut pubrels);
+    }
+    // Two writes apart: a reset answering the first would fail the second.
+    for round in 0..2 {
+        if let Err(e) = raw.stream.write_all(&pubrels).await {
+            panic!("write {round} after the DISCONNECT failed: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for id in 1..=4 {
+        match raw.recv().await {
+            Some(Packet::PubRec(r)) => assert_eq!(r.packet_id, id),
+            other => panic!("expected PUBREC {id}, got {other:?}"),
+        }
+    }
+    match raw.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
+        other => panic!("expected DISCONNECT 0x93, got {other:?}"),
+    }
+    let mut rest = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(5), raw.stream.read(&mut rest)).await {
+        Ok(Ok(0)) => {}
+        other => panic!("expected a clean end of stream after the DISCONNECT, got {other:?}"),
+    }
 }
