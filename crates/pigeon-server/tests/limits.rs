@@ -288,7 +288,7 @@ async fn resent_message_over_the_new_maximum_packet_size_is_discarded() {
 }
 
 // [MQTT-3.3.4-7] (5.0): a client sending more QoS 1 and 2 PUBLISH packets than the Receive
-// Maximum we announced gets DISCONNECT 0x93 (section 4.13.2). A client still writing then (a
+// Maximum we announced gets DISCONNECT 0x93 (sections 3.3.4, 4.13). A client still writing then (a
 // PUBREL for each PUBREC, as the Paho interoperability suite's client does) can write on, reads
 // every PUBREC and the DISCONNECT, and then a clean end of stream: the broker reads on until the
 // client closes, where closing on unread input would have made the kernel answer with a reset.
