@@ -1161,6 +1161,12 @@ impl Broker {
         outcome
     }
 
+    /// Routes a message the broker makes about itself (`$SYS`) to this node's subscribers only,
+    /// retained in memory: each node reports on itself, and a restart starts the reports anew.
+    pub fn publish_local(&self, message: Arc<Message>) -> PublishOutcome {
+        self.route(&message, false, Groups::All)
+    }
+
     /// Routes a message that came from another node (or was injected into the bus): to local
     /// subscriptions except shared groups, which `publish_to_groups` serves. A retained one
     /// replaces the retained message here; `store_retained` says whether this node also writes

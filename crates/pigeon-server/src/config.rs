@@ -414,6 +414,9 @@ pub struct MqttConfig {
     pub max_session_expiry: u32,
     /// Queue QoS 0 messages for offline persistent sessions (mosquitto's `queue_qos0_messages`).
     pub queue_qos0: bool,
+    /// Seconds between updates of the `$SYS/broker/...` topics (mosquitto's `sys_interval`);
+    /// 0 publishes none.
+    pub sys_interval: u64,
 }
 
 impl Default for MqttConfig {
@@ -423,6 +426,7 @@ impl Default for MqttConfig {
             topic_alias_maximum: 64,
             max_session_expiry: u32::MAX,
             queue_qos0: false,
+            sys_interval: 10,
         }
     }
 }
@@ -683,6 +687,9 @@ topic_alias_maximum = 64
 max_session_expiry = 4294967295
 # Queue QoS 0 messages for offline persistent sessions, as well as QoS 1 and 2.
 queue_qos0 = false
+# Seconds between updates of the retained $SYS/broker/... topics (uptime, clients, messages,
+# subscriptions, retained messages), as mosquitto publishes them; 0 publishes none.
+sys_interval = 10
 
 # The HTTP listener: GET /health, a small index at /, and static files. With a config file it
 # runs only if this section is present.

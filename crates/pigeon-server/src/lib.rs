@@ -27,6 +27,7 @@ mod http;
 mod listener;
 mod login_limit;
 mod server;
+mod sys;
 mod tls;
 mod ws;
 

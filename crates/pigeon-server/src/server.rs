@@ -426,6 +426,13 @@ impl Server {
                 }
             })
         };
+        let sys = (self.shared.config.mqtt.sys_interval > 0).then(|| {
+            tokio::spawn(crate::sys::publish_every(
+                Arc::clone(&self.shared.broker),
+                Duration::from_secs(self.shared.config.mqtt.sys_interval),
+                stop_rx.clone(),
+            ))
+        });
         let keep_alive = {
             let broker = Arc::clone(&self.shared.broker);
             let mut stop = stop_rx.clone();
@@ -465,6 +472,9 @@ impl Server {
         }
         let _ = sweeper.await;
         let _ = keep_alive.await;
+        if let Some(sys) = sys {
+            let _ = sys.await;
+        }
         if let Some(http) = http {
             if tokio::time::timeout(Duration::from_secs(5), http)
                 .await

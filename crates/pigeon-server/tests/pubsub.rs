@@ -175,6 +175,54 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
     broker.stop().await;
 }
 
+/// The broker reports on itself under `$SYS/broker/...`, retained, with mosquitto's topic names:
+/// a subscriber to `$SYS/#` gets the figures at once, and again as they change; `#` gets none
+/// of them ([MQTT-4.7.2-1]).
+#[tokio::test]
+async fn sys_topics_report_the_broker() {
+    let broker = Broker::start_with(|c| c.mqtt.sys_interval = 1).await;
+    let mut all = connect(broker.addr, Protocol::V5, "sys-all").await;
+    subscribe(&mut all, "#", QoS::AtMostOnce).await;
+    let mut sys = connect(broker.addr, Protocol::V5, "sys-watch").await;
+    subscribe(&mut sys, "$SYS/#", QoS::AtMostOnce).await;
+
+    // Retained: what was published before the subscription comes at once.
+    let mut seen = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !(seen.contains_key("$SYS/broker/version")
+        && seen
+            .get("$SYS/broker/clients/connected")
+            .map(String::as_str)
+            == Some("2"))
+    {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sys.recv_within(left).await {
+            Ok(Some(pigeon_codec::Packet::Publish(p))) => {
+                seen.insert(
+                    p.topic.to_string(),
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                );
+            }
+            other => panic!(
+                "expected $SYS reports with 2 clients connected, got {other:?} after {seen:?}"
+            ),
+        }
+    }
+    assert!(seen["$SYS/broker/version"].starts_with("pigeon version "));
+    for topic in [
+        "$SYS/broker/uptime",
+        "$SYS/broker/clients/total",
+        "$SYS/broker/publish/messages/received",
+        "$SYS/broker/subscriptions/count",
+        "$SYS/broker/retained messages/count",
+    ] {
+        assert!(seen.contains_key(topic), "{topic} missing from {seen:?}");
+    }
+    assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
+    all.expect_silence(Duration::from_millis(1500)).await;
+    broker.stop().await;
+}
+
 /// [MQTT-3.3.5-1] (3.1.1), [MQTT-3.3.4-2] (5.0): overlapping subscriptions of one client get the
 /// message at the highest QoS among them. Both levels allow extra copies; like mosquitto we send
 /// one, and so does this test expect.
