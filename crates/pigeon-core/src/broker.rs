@@ -554,6 +554,46 @@ impl Broker {
         lock(&self.registry).len()
     }
 
+    /// The sessions' client ids, in order, each with whether a connection is attached: the
+    /// first `limit` of them, and how many there are. The ids are copied out under the lock
+    /// (each a reference count) and sorted after it.
+    pub fn clients(&self, limit: usize) -> (Vec<(ByteStr, bool)>, usize) {
+        let mut all: Vec<(ByteStr, bool)> = {
+            let registry = lock(&self.registry);
+            registry
+                .map
+                .iter()
+                .map(|(key, connection)| (key.0.client_id().clone(), connection.is_some()))
+                .collect()
+        };
+        let total = all.len();
+        all.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        all.truncate(limit);
+        (all, total)
+    }
+
+    /// Whether `client_id` has a session here, and if so whether a connection is attached.
+    pub fn client(&self, client_id: &str) -> Option<bool> {
+        lock(&self.registry)
+            .get(client_id)
+            .map(|slot| slot.connection.is_some())
+    }
+
+    /// Closes the connection attached to `client_id`'s session, with `reason` in a 5.0
+    /// DISCONNECT; false when none is attached. The session stays, as after any disconnection.
+    pub fn disconnect_client(&self, client_id: &str, reason: ReasonCode) -> bool {
+        let registry = lock(&self.registry);
+        let Some(connection) = registry
+            .get(client_id)
+            .and_then(|slot| slot.connection.as_ref())
+        else {
+            return false;
+        };
+        // A control already pending (a takeover, shutdown) closes the connection as well.
+        let _ = connection.control.try_send(Control::Disconnect(reason));
+        true
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.index.len()
     }

@@ -183,6 +183,8 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// Files under this directory are served at their relative path; none are served when unset.
     pub static_dir: Option<PathBuf>,
+    /// The bearer token of the admin API under `/api/v1/`; the API is off when unset.
+    pub admin_token: Option<String>,
 }
 
 fn default_http_bind() -> SocketAddr {
@@ -194,6 +196,7 @@ impl Default for HttpConfig {
         HttpConfig {
             bind: default_http_bind(),
             static_dir: None,
+            admin_token: None,
         }
     }
 }
@@ -697,6 +700,9 @@ sys_interval = 10
 bind = "127.0.0.1:18083"
 # Serve the files under this directory (index.html for a directory); unset serves none.
 # static_dir = "./public"
+# Turns on the admin API under /api/v1/ (stats, clients, disconnecting a client) for requests
+# with the header `Authorization: Bearer <admin_token>`; unset, the API answers 404.
+# admin_token = "a long random string"
 
 # Several nodes on one Redis (docs/cluster.md). Each message a client publishes goes to Redis
 # once, as aedes's mqemitter-redis does (so aedes nodes can join), and each node subscribes to

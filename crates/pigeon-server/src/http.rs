@@ -1,6 +1,17 @@
 //! The HTTP listener (`[http]`): `GET /health`, `GET /metrics` (Prometheus text), a one-line
-//! index at `/`, and the files under `static_dir` when it is set (later also the admin API and
-//! dashboard).
+//! index at `/`, the files under `static_dir` when it is set, and with `admin_token` the admin
+//! API:
+//!
+//! - `GET /api/v1/stats`: the figures of `/metrics` as one JSON object, without the `pigeon_`
+//!   prefix and `_total` suffix.
+//! - `GET /api/v1/clients?limit=N`: `{"total": T, "clients": [{"client_id", "connected"}]}`,
+//!   the first N (default 1000) sessions by client id.
+//! - `GET /api/v1/clients/{client_id}`: one session, or 404.
+//! - `DELETE /api/v1/clients/{client_id}`: disconnects the client (5.0: DISCONNECT 0x98
+//!   Administrative action); 204, or 404 when it is not connected. Its session stays.
+//!
+//! Every API request needs `Authorization: Bearer <admin_token>` (401 otherwise); without a
+//! token configured the API answers 404.
 //!
 //! Static files: the request path is percent-decoded by the router, split on `/`, and refused
 //! (404) if any part is `..`, hidden (starts with `.`) or holds a backslash or NUL; the joined
@@ -8,18 +19,20 @@
 //! neither `../` nor a symlink reaches outside it. Files are read whole, up to
 //! `MAX_STATIC_FILE` bytes; a directory serves its `index.html`.
 
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use pigeon_codec::ReasonCode;
 use pigeon_core::Broker;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Larger files are not served (413): each is read whole into memory.
 const MAX_STATIC_FILE: u64 = 32 * 1024 * 1024;
@@ -27,23 +40,43 @@ const MAX_STATIC_FILE: u64 = 32 * 1024 * 1024;
 struct HttpState {
     /// Canonical `static_dir`.
     static_root: Option<PathBuf>,
+    /// `Bearer <admin_token>`, as the Authorization header must read.
+    admin_authorization: Option<String>,
     broker: Arc<Broker>,
 }
+
+/// Clients listed when the request names no limit.
+const DEFAULT_CLIENT_LIMIT: usize = 1000;
 
 /// Serves until `shutdown` turns true.
 pub(crate) async fn serve(
     listener: TcpListener,
     static_root: Option<PathBuf>,
+    admin_token: Option<String>,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let state = Arc::new(HttpState {
         static_root,
+        admin_authorization: admin_token.map(|token| format!("Bearer {token}")),
         broker,
     });
+    // The admin API, behind its token; the layer covers only these routes.
+    let api = Router::new()
+        .route("/api/v1/stats", get(api_stats))
+        .route("/api/v1/clients", get(api_clients))
+        .route(
+            "/api/v1/clients/{client_id}",
+            get(api_client).delete(api_disconnect),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_admin,
+        ));
     let router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(api)
         .route("/", get(index))
         .route("/{*path}", get(static_file))
         .with_state(state);
@@ -63,9 +96,8 @@ async fn health() -> &'static str {
 }
 
 /// The broker's counters in the Prometheus text format.
-async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    use std::fmt::Write;
-    let broker = &state.broker;
+/// What `/metrics` and `/api/v1/stats` report: name, Prometheus type, help and value.
+fn figures(broker: &Broker) -> Vec<(&'static str, &'static str, &'static str, u64)> {
     let s = &broker.stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut figures: Vec<(&str, &str, &str, u64)> = vec![
@@ -164,8 +196,13 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
             ),
         ]);
     }
+    figures
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    use std::fmt::Write;
     let mut text = String::new();
-    for (name, kind, help, value) in figures {
+    for (name, kind, help, value) in figures(&state.broker) {
         let _ = write!(
             text,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
@@ -179,6 +216,123 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// Lets a request through to the admin API only with the bearer token.
+async fn require_admin(
+    State(state): State<Arc<HttpState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = &state.admin_authorization else {
+        return (
+            StatusCode::NOT_FOUND,
+            "admin API off: set admin_token in [http]\n",
+        )
+            .into_response();
+    };
+    let headers = request.headers();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    // Compared in full whatever differs, so the time taken does not tell how much matched.
+    let same = given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0;
+    if same {
+        return next.run(request).await;
+    }
+    warn!("admin API: request refused, wrong or missing bearer token");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+        "wrong or missing bearer token\n",
+    )
+        .into_response()
+}
+
+fn json(value: serde_json::Value) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+async fn api_stats(State(state): State<Arc<HttpState>>) -> Response {
+    let stats: serde_json::Map<String, serde_json::Value> = figures(&state.broker)
+        .into_iter()
+        .map(|(name, _, _, value)| {
+            let name = name.strip_prefix("pigeon_").unwrap_or(name);
+            let name = name.strip_suffix("_total").unwrap_or(name);
+            (name.to_owned(), value.into())
+        })
+        .collect();
+    json(stats.into())
+}
+
+async fn api_clients(State(state): State<Arc<HttpState>>, RawQuery(query): RawQuery) -> Response {
+    let mut limit = DEFAULT_CLIENT_LIMIT;
+    for pair in query.as_deref().unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("limit", n)) => match n.parse() {
+                Ok(n) => limit = n,
+                Err(_) => {
+                    return (StatusCode::BAD_REQUEST, "limit: not a number\n").into_response()
+                }
+            },
+            _ if pair.is_empty() => {}
+            _ => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter: {pair}\n"),
+                )
+                    .into_response()
+            }
+        }
+    }
+    let (clients, total) = state.broker.clients(limit);
+    let clients: Vec<serde_json::Value> = clients
+        .into_iter()
+        .map(|(client_id, connected)| {
+            serde_json::json!({ "client_id": client_id.as_str(), "connected": connected })
+        })
+        .collect();
+    json(serde_json::json!({ "total": total, "clients": clients }))
+}
+
+async fn api_client(
+    State(state): State<Arc<HttpState>>,
+    UrlPath(client_id): UrlPath<String>,
+) -> Response {
+    match state.broker.client(&client_id) {
+        Some(connected) => {
+            json(serde_json::json!({ "client_id": client_id, "connected": connected }))
+        }
+        None => (StatusCode::NOT_FOUND, "no such session\n").into_response(),
+    }
+}
+
+async fn api_disconnect(
+    State(state): State<Arc<HttpState>>,
+    UrlPath(client_id): UrlPath<String>,
+) -> Response {
+    if state
+        .broker
+        .disconnect_client(&client_id, ReasonCode::ADMINISTRATIVE_ACTION)
+    {
+        info!(client_id, "admin API: disconnecting the client");
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "not connected\n").into_response()
+    }
 }
 
 async fn index(State(state): State<Arc<HttpState>>) -> Response {

@@ -401,6 +401,11 @@ impl Server {
             tokio::spawn(crate::http::serve(
                 socket,
                 root,
+                self.shared
+                    .config
+                    .http
+                    .as_ref()
+                    .and_then(|h| h.admin_token.clone()),
                 Arc::clone(&self.shared.broker),
                 stop_rx.clone(),
             ))

@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 
 pub struct Broker {
     pub addr: SocketAddr,
+    /// The HTTP listener's address, when the config has one.
+    pub http: Option<SocketAddr>,
     pub broker: std::sync::Arc<pigeon_core::Broker>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -48,6 +50,7 @@ impl Broker {
         f(&mut config);
         let server = Server::bind(config).await.expect("bind on port 0");
         let addr = server.local_addrs()[0];
+        let http = server.http_addr();
         let broker = server.broker();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -60,6 +63,7 @@ impl Broker {
         });
         Broker {
             addr,
+            http,
             broker,
             stop: Some(stop),
             task: Some(task),
