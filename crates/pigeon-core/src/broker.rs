@@ -1203,8 +1203,11 @@ impl Broker {
 
     /// Routes a message the broker makes about itself (`$SYS`) to this node's subscribers only,
     /// retained in memory: each node reports on itself, and a restart starts the reports anew.
+    /// It is not counted in `messages_received`, which then changes only with what clients send.
     pub fn publish_local(&self, message: Arc<Message>) -> PublishOutcome {
-        self.route(&message, false, Groups::All)
+        let outcome = self.route(&message, false, Groups::All);
+        self.stats.messages_received.fetch_sub(1, Ordering::Relaxed);
+        outcome
     }
 
     /// Routes a message that came from another node (or was injected into the bus): to local

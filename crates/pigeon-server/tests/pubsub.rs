@@ -10,6 +10,7 @@ use flows::*;
 use pigeon_codec::{Protocol, QoS, ReasonCode};
 use pigeon_core::Message;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,7 +220,15 @@ async fn sys_topics_report_the_broker() {
     }
     assert!(seen["$SYS/broker/version"].starts_with("pigeon version "));
     assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
+    // The broker's own reports are not messages received; no client published any.
+    assert_eq!(seen["$SYS/broker/publish/messages/received"], "0");
     all.expect_silence(Duration::from_millis(1500)).await;
+    let received = broker
+        .broker
+        .stats
+        .messages_received
+        .load(Ordering::Relaxed);
+    assert_eq!(received, 0, "what /metrics reports as received");
     broker.stop().await;
 }
 
