@@ -580,7 +580,8 @@ impl Broker {
     }
 
     /// Closes the connection attached to `client_id`'s session, with `reason` in a 5.0
-    /// DISCONNECT; false when none is attached. The session stays, as after any disconnection.
+    /// DISCONNECT; false when none is attached. The session then stays or ends by its expiry, as
+    /// after any disconnection.
     pub fn disconnect_client(&self, client_id: &str, reason: ReasonCode) -> bool {
         let registry = lock(&self.registry);
         let Some(connection) = registry

@@ -8,7 +8,8 @@
 //!   the first N (default 1000) sessions by client id.
 //! - `GET /api/v1/clients/{client_id}`: one session, or 404.
 //! - `DELETE /api/v1/clients/{client_id}`: disconnects the client (5.0: DISCONNECT 0x98
-//!   Administrative action); 204, or 404 when it is not connected. Its session stays.
+//!   Administrative action); 204, or 404 when it is not connected. Its session stays or ends by
+//!   its expiry, as after any disconnection.
 //!
 //! Every API request needs `Authorization: Bearer <admin_token>` (401 otherwise); without a
 //! token configured the API answers 404.
