@@ -1186,6 +1186,7 @@ impl Broker {
     /// Routes a message accepted on this node to every matching session, stores it if
     /// retained, and hands it to the cluster bus if there is one.
     pub fn publish(&self, message: Arc<Message>) -> PublishOutcome {
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let message = Self::start_expiry(message);
         let Some(bus) = self.cluster.get() else {
             return self.route(&message, true, Groups::All);
@@ -1206,9 +1207,7 @@ impl Broker {
     /// retained in memory: each node reports on itself, and a restart starts the reports anew.
     /// It is not counted in `messages_received`, which then changes only with what clients send.
     pub fn publish_local(&self, message: Arc<Message>) -> PublishOutcome {
-        let outcome = self.route(&message, false, Groups::All);
-        self.stats.messages_received.fetch_sub(1, Ordering::Relaxed);
-        outcome
+        self.route(&message, false, Groups::All)
     }
 
     /// Routes a message that came from another node (or was injected into the bus): to local
@@ -1216,6 +1215,7 @@ impl Broker {
     /// replaces the retained message here; `store_retained` says whether this node also writes
     /// it to the store (with a store shared by the nodes, only one of them does).
     pub fn publish_from_bus(&self, message: Arc<Message>, store_retained: bool) -> PublishOutcome {
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let message = Self::start_expiry(message);
         self.route(&message, store_retained, Groups::Skip)
     }
@@ -1257,14 +1257,14 @@ impl Broker {
         }
     }
 
-    /// Updates (and, if `store_retained`, stores) the retained message, then routes.
+    /// Updates (and, if `store_retained`, stores) the retained message, then routes. The
+    /// callers count what they accept in `messages_received`.
     fn route(
         &self,
         message: &Arc<Message>,
         store_retained: bool,
         groups: Groups,
     ) -> PublishOutcome {
-        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         let mut wait_for = 0;
         if message.retain && self.settings.retain_available {
             let mut retained = write(&self.retained);
