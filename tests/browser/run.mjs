@@ -2,7 +2,9 @@
 // MQTT.js (MQTT 5.0) and one using paho-mqtt.js (MQTT 3.1), and the pages come from Pigeon's own
 // HTTP listener ([http] static_dir). Each page subscribes, publishes, and must receive the
 // messages of the other page and of a TCP client (MQTT.js in node); the check runs in the page
-// and a screenshot of each page is saved. Exits non-zero on any failure.
+// and a screenshot of each page is saved. Then the admin dashboard ([http] admin_token) must
+// refuse a wrong token, list the three clients, and disconnect the TCP client at a click.
+// Exits non-zero on any failure.
 //
 // Environment: PIGEON_BIN (default target/debug/pigeon), PIGEON_BROWSER_OUT (screenshots and
 // broker log; default target/browser-test), CHROMIUM (default /usr/bin/chromium).
@@ -22,6 +24,7 @@ const pigeonBin = process.env.PIGEON_BIN || join(repo, 'target', 'debug', 'pigeo
 const outDir = resolve(process.env.PIGEON_BROWSER_OUT || join(repo, 'target', 'browser-test'));
 const chromiumBin = process.env.CHROMIUM || '/usr/bin/chromium';
 const STEP_MS = 10_000;
+const ADMIN_TOKEN = 'browser-test-token';
 
 const cleanups = [];
 let failed = false;
@@ -45,7 +48,8 @@ async function startBroker(work) {
   writeFileSync(config, [
     '[[listener]]', 'bind = "127.0.0.1:0"', 'protocol = "mqtt"', '',
     '[[listener]]', 'bind = "127.0.0.1:0"', 'protocol = "ws"', 'path = "/mqtt"', '',
-    '[http]', 'bind = "127.0.0.1:0"', `static_dir = ${JSON.stringify(here)}`, '',
+    '[http]', 'bind = "127.0.0.1:0"', `static_dir = ${JSON.stringify(here)}`,
+    `admin_token = "${ADMIN_TOKEN}"`, '',
     '[storage]', 'backend = "memory"', '',
   ].join('\n'));
   const logPath = join(outDir, 'pigeon.log');
@@ -194,8 +198,53 @@ async function main() {
   const health = await fetch(`http://127.0.0.1:${ports.http}/health`);
   if (health.status !== 200) fail(`GET /health: ${health.status}`);
 
+  await checkDashboard(context, ports.http, tcp.client);
+
   await mqttjs.tab.evaluate(() => window.pigeonTest.close());
   await paho.tab.evaluate(() => window.pigeonTest.close());
+}
+
+// The dashboard as an operator uses it: a wrong token is refused and the form asks again; the
+// right one shows the figures and the three clients; Disconnect closes the TCP client's
+// connection, and its clean session leaves the list.
+async function checkDashboard(context, httpPort, tcpClient) {
+  const tab = await context.newPage();
+  const consoleLines = [];
+  tab.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
+  const base = `http://127.0.0.1:${httpPort}/dashboard`;
+  const shot = join(outDir, 'dashboard.png');
+  const step = async (what, fn) => {
+    try {
+      await fn();
+    } catch (e) {
+      await tab.screenshot({ path: join(outDir, 'dashboard.failed.png') });
+      fail(`dashboard: ${what}: ${e.message}\n${consoleLines.join('\n')}`);
+    }
+  };
+  await step('wrong token', async () => {
+    await tab.goto(`${base}#token=not-the-token`);
+    await tab.locator('#status', { hasText: 'the admin token was refused' }).waitFor({ timeout: STEP_MS });
+    await tab.locator('#login').waitFor({ state: 'visible', timeout: STEP_MS });
+  });
+  await step('log in and list the clients', async () => {
+    await tab.fill('#token', ADMIN_TOKEN);
+    await tab.click('#login button');
+    for (const id of ['tcp-node', 'browser-mqttjs', 'browser-paho']) {
+      await tab.locator(`tr[data-client-id="${id}"]`, { hasText: 'connected' }).waitFor({ timeout: STEP_MS });
+    }
+    await tab.locator('.card', { hasText: 'connections' }).locator('b', { hasText: /^3$/ })
+      .waitFor({ timeout: STEP_MS });
+  });
+  await tab.screenshot({ path: shot });
+  const closed = new Promise((done) => tcpClient.once('close', done));
+  await step('disconnect the TCP client', async () => {
+    await tab.locator('tr[data-client-id="tcp-node"] button', { hasText: 'Disconnect' }).click();
+    await withTimeout(closed, STEP_MS, 'the TCP client\'s connection closing');
+    await tab.locator('tr[data-client-id="tcp-node"]').waitFor({ state: 'detached', timeout: STEP_MS });
+    await tab.locator('#status', { hasText: 'Disconnected tcp-node' }).waitFor({ timeout: STEP_MS });
+  });
+  console.log(`dashboard: wrong token refused, 3 clients listed, tcp-node disconnected; screenshot ${shot}`);
+  await tab.close();
 }
 
 try {

@@ -11,6 +11,11 @@
 //!   Administrative action); 204, or 404 when it is not connected. Its session stays or ends by
 //!   its expiry, as after any disconnection.
 //!
+//! - `GET /dashboard`: a page that shows these figures and sessions every 2 s, and disconnects
+//!   a client at a click. It asks for the token (kept in the tab's `sessionStorage`) or reads
+//!   it once from `#token=...`; the page itself holds no secret, and is 404 without a token
+//!   configured, as the API.
+//!
 //! Every API request needs `Authorization: Bearer <admin_token>` (401 otherwise); without a
 //! token configured the API answers 404.
 //!
@@ -45,7 +50,12 @@ struct HttpState {
     /// `Bearer <admin_token>`, as the Authorization header must read.
     admin_authorization: Option<String>,
     broker: Arc<Broker>,
+    /// When the listener started, about when the broker did: the stats' uptime.
+    started: std::time::Instant,
 }
+
+/// The admin dashboard, one self-contained page.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Clients listed when the request names no limit.
 const DEFAULT_CLIENT_LIMIT: usize = 1000;
@@ -62,6 +72,7 @@ pub(crate) async fn serve(
         static_root,
         admin_authorization: admin_token.map(|token| format!("Bearer {token}")),
         broker,
+        started: std::time::Instant::now(),
     });
     // The admin API, behind its token; the layer covers only these routes.
     let api = Router::new()
@@ -79,6 +90,7 @@ pub(crate) async fn serve(
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(api)
+        .route("/dashboard", get(dashboard))
         .route("/", get(index))
         .route("/{*path}", get(static_file))
         .with_state(state);
@@ -220,6 +232,15 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
+/// What the admin API and the dashboard answer without `admin_token`.
+fn admin_off() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "admin API off: set admin_token in [http]\n",
+    )
+        .into_response()
+}
+
 /// Lets a request through to the admin API only with the bearer token.
 async fn require_admin(
     State(state): State<Arc<HttpState>>,
@@ -227,11 +248,7 @@ async fn require_admin(
     next: Next,
 ) -> Response {
     let Some(expected) = &state.admin_authorization else {
-        return (
-            StatusCode::NOT_FOUND,
-            "admin API off: set admin_token in [http]\n",
-        )
-            .into_response();
+        return admin_off();
     };
     let headers = request.headers();
     let given = headers
@@ -264,7 +281,7 @@ fn json(value: serde_json::Value) -> Response {
 }
 
 async fn api_stats(State(state): State<Arc<HttpState>>) -> Response {
-    let stats: serde_json::Map<String, serde_json::Value> = figures(&state.broker)
+    let mut stats: serde_json::Map<String, serde_json::Value> = figures(&state.broker)
         .into_iter()
         .map(|(name, _, _, value)| {
             let name = name.strip_prefix("pigeon_").unwrap_or(name);
@@ -272,7 +289,39 @@ async fn api_stats(State(state): State<Arc<HttpState>>) -> Response {
             (name.to_owned(), value.into())
         })
         .collect();
+    stats.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    stats.insert(
+        "uptime_seconds".into(),
+        state.started.elapsed().as_secs().into(),
+    );
     json(stats.into())
+}
+
+/// The dashboard page, when the admin API is on. Its script and style are inline; the policy
+/// allows nothing else, and no framing (a click on Disconnect cannot be borrowed by another
+/// site).
+async fn dashboard(State(state): State<Arc<HttpState>>) -> Response {
+    if state.admin_authorization.is_none() {
+        return admin_off();
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; \
+                     style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+                ),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 async fn api_clients(State(state): State<Arc<HttpState>>, RawQuery(query): RawQuery) -> Response {

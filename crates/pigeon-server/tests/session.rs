@@ -565,7 +565,15 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
     let (_, body) = http(api, "GET", "/api/v1/clients?limit=1", Some(TOKEN)).await;
     assert_eq!(json(&body)["clients"].as_array().map(Vec::len), Some(1));
     let (_, body) = http(api, "GET", "/api/v1/stats", Some(TOKEN)).await;
-    assert_eq!(json(&body)["sessions"], 2, "{body}");
+    let stats = json(&body);
+    assert_eq!(stats["sessions"], 2, "{body}");
+    assert_eq!(stats["version"], env!("CARGO_PKG_VERSION"), "{body}");
+    assert!(stats["uptime_seconds"].is_u64(), "{body}");
+    // The dashboard page loads without the token (a browser navigation carries none) and asks
+    // for it; tests/browser/run.mjs drives it in Chromium.
+    let (status, body) = http(api, "GET", "/dashboard", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>Pigeon dashboard</title>"), "{body}");
 
     let (status, _) = http(api, "DELETE", "/api/v1/clients/keeper", Some(TOKEN)).await;
     assert_eq!(status, 204);
@@ -583,7 +591,8 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
     broker.stop().await;
 }
 
-/// Without `admin_token` the admin API is off: 404 whatever the request carries.
+/// Without `admin_token` the admin API and the dashboard are off: 404 whatever the request
+/// carries.
 #[tokio::test]
 async fn admin_api_is_off_without_a_token() {
     let broker = Broker::start_with(|c| {
@@ -598,5 +607,10 @@ async fn admin_api_is_off_without_a_token() {
         let (status, body) = http(api, "GET", "/api/v1/clients", token).await;
         assert_eq!(status, 404, "{body}");
     }
+    let (status, body) = http(api, "GET", "/dashboard", None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (404, "admin API off: set admin_token in [http]\n")
+    );
     broker.stop().await;
 }

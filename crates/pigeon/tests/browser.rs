@@ -1,7 +1,9 @@
 //! The browser test as part of `cargo test`: runs `node tests/browser/run.mjs`, which starts this
 //! `pigeon` binary, opens an MQTT.js page and a paho-mqtt.js page in headless Chromium over
 //! ws://127.0.0.1, and checks that both exchange messages with each other and with a TCP
-//! client. Screenshots and the broker's log go to `target/tmp/browser/`.
+//! client, then drives the admin dashboard (`/dashboard`): a wrong token refused, the three
+//! clients listed, one disconnected at a click. Screenshots and the broker's log go to
+//! `target/tmp/browser/`.
 //!
 //! It fails, saying what is missing, when Node.js, Chromium or the npm packages are absent:
 //! `scripts/test` installs all three.
@@ -48,7 +50,7 @@ fn mqtt_js_and_paho_in_chromium_over_websocket() {
         output.status,
         out.display()
     );
-    for page in ["mqttjs.png", "paho.png"] {
+    for page in ["mqttjs.png", "paho.png", "dashboard.png"] {
         assert!(
             out.join(page).is_file(),
             "no screenshot {page} in {}",
