@@ -67,7 +67,7 @@ pub fn check_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue)
 }
 
 /// The URL without its user and password, for logs.
-fn shown(url: &Url) -> String {
+pub(crate) fn shown(url: &Url) -> String {
     let mut url = url.clone();
     let _ = url.set_username("");
     let _ = url.set_password(None);
@@ -124,7 +124,7 @@ impl fmt::Debug for HttpAuth {
 }
 
 /// An error with its causes, on one line.
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -136,6 +136,27 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// A client for the user's web service: `timeout` for each request, connection included;
+/// `headers` on every request; no redirects followed, no proxy from the environment.
+pub(crate) fn http_client(
+    timeout: Duration,
+    headers: &[(String, String)],
+) -> Result<reqwest::Client, String> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let (name, value) = check_header(name, value)?;
+        map.insert(name, value);
+    }
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .default_headers(map)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))
 }
 
 impl HttpAuth {
@@ -151,21 +172,8 @@ impl HttpAuth {
                 })
                 .transpose()
         };
-        let mut headers = HeaderMap::new();
-        for (name, value) in &settings.headers {
-            let (name, value) = check_header(name, value)?;
-            headers.insert(name, value);
-        }
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .default_headers(headers)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))?;
         Ok(HttpAuth {
-            client,
+            client: http_client(settings.timeout, &settings.headers)?,
             auth: endpoint(&settings.auth_url)?,
             acl: endpoint(&settings.acl_url)?,
             auth_cache: TtlCache::new(settings.cache_ttl, settings.cache_max_entries),

@@ -11,6 +11,8 @@
 //! - `http_auth`: the `http` backend, JSON POSTs to the user's auth and ACL endpoints.
 //! - `user_db`: users and ACL rows from a database, cached; `redis_auth` and `postgres_auth`
 //!   are its lookups.
+//! - `webhook`: the broker's events (connected, disconnected, subscribed, unsubscribed,
+//!   published, delivered) as JSON POSTs to the user's web service, in EMQX's form.
 //! - `jwt`: a JSON Web Token as password, with topic rights in a claim.
 //! - `cache`: the bounded TTL cache the external backends share.
 //! - `cluster`: the Redis bus shared with aedes nodes: mqemitter-redis envelopes, channel
@@ -28,6 +30,7 @@ mod record;
 pub mod redis_auth;
 pub mod redis_store;
 pub mod user_db;
+pub mod webhook;
 
 pub use acl_file::AclFile;
 pub use embedded::EmbeddedStore;
@@ -36,3 +39,4 @@ pub use jwt::JwtAuth;
 pub use password_file::{FileError, PasswordFile};
 pub use redis_store::RedisStore;
 pub use user_db::UserDb;
+pub use webhook::Webhook;

@@ -41,6 +41,66 @@ pub struct Config {
     /// The cluster over Redis; `None` (a node alone) when there is no `[cluster]` section.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Events as HTTP POSTs; `None` when there is no `[webhook]` section.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// `[webhook]`: the broker's events as JSON POSTs to the user's web service
+/// (`pigeon_backends::webhook`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Where events are POSTed. Required.
+    pub url: String,
+    /// Which events; empty: those of clients and sessions (`Event::DEFAULT`).
+    pub events: Vec<pigeon_backends::webhook::Event>,
+    /// Sent with every request.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Longest wait for one answer, connection included.
+    pub timeout_ms: u64,
+    /// Events waiting to be sent at most; more are dropped and counted.
+    pub max_queued_events: usize,
+    /// Further attempts after a failure to connect, a timeout or a 5xx.
+    pub retries: u32,
+    pub payload_encoding: pigeon_backends::webhook::PayloadEncoding,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: String::new(),
+            events: Vec::new(),
+            headers: std::collections::BTreeMap::new(),
+            timeout_ms: 5000,
+            max_queued_events: 10_000,
+            retries: 2,
+            payload_encoding: pigeon_backends::webhook::PayloadEncoding::Plain,
+        }
+    }
+}
+
+impl WebhookConfig {
+    pub fn settings(&self) -> pigeon_backends::webhook::WebhookSettings {
+        let events = if self.events.is_empty() {
+            pigeon_backends::webhook::Event::DEFAULT.to_vec()
+        } else {
+            self.events.clone()
+        };
+        pigeon_backends::webhook::WebhookSettings {
+            url: self.url.clone(),
+            events,
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            max_queued_events: self.max_queued_events,
+            retries: self.retries,
+            payload_encoding: self.payload_encoding,
+        }
+    }
 }
 
 /// `[cluster]`: nodes sharing one Redis, in the wire format of aedes's mqemitter-redis.
@@ -503,6 +563,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             http: Some(HttpConfig::default()),
             cluster: None,
+            webhook: None,
         }
     }
 }
@@ -725,6 +786,23 @@ bind = "127.0.0.1:18083"
 # only if backends inject retained messages for topics no node has a subscriber for yet (with
 # it, every node keeps them); it costs every node a read of every message.
 # subscribe_all = false
+
+# The broker's events as JSON POSTs to a web service, one event per request, in EMQX's web hook
+# form (README, "Events over HTTP"). Sent in order by one task; a full queue drops events
+# (counted in /metrics) rather than slow clients down. Uncomment to turn it on.
+# [webhook]
+# url = "http://127.0.0.1:8080/mqtt/events"
+# Any of client_connected, client_disconnected, session_subscribed, session_unsubscribed,
+# message_publish, message_delivered; empty: the first four. Each message event is a request
+# per message.
+# events = []
+# headers = { Authorization = "Bearer change-me" }
+# timeout_ms = 5000
+# max_queued_events = 10000
+# Further attempts after a failure to connect, a timeout or a 5xx (0.2 s, 0.4 s... apart).
+# retries = 2
+# "plain": UTF-8 payloads as text, others in base64 (marked); "base64": all in base64.
+# payload_encoding = "plain"
 "#;
 
 /// Why a configuration was refused. The `Display` form is the whole message for a user:
@@ -918,6 +996,7 @@ impl Config {
 
         check_auth(self)?;
         check_cluster(self)?;
+        check_webhook(self)?;
 
         let limits = &self.limits;
         between(
@@ -944,6 +1023,25 @@ impl Config {
         at_least("max_topic_levels", limits.max_topic_levels, 1)?;
         Ok(())
     }
+}
+
+/// `[webhook]`: a URL to POST to, headers HTTP can carry, a queue and a timeout.
+fn check_webhook(config: &Config) -> Result<(), Problem> {
+    let Some(webhook) = &config.webhook else {
+        return Ok(());
+    };
+    let with = |key: &str, reason: String| Problem::new(&[Key("webhook"), Key(key)], reason);
+    pigeon_backends::http_auth::check_url(&webhook.url).map_err(|e| with("url", e))?;
+    for (name, value) in &webhook.headers {
+        pigeon_backends::http_auth::check_header(name, value).map_err(|e| with("headers", e))?;
+    }
+    if webhook.timeout_ms == 0 {
+        return Err(with("timeout_ms", "must be at least 1".into()));
+    }
+    if webhook.max_queued_events == 0 {
+        return Err(with("max_queued_events", "must be at least 1".into()));
+    }
+    Ok(())
 }
 
 /// `[cluster]` and the Redis store: a node name, a Redis to use, sane intervals.
@@ -1397,6 +1495,7 @@ mod tests {
             ("[mqtt]", "[mqtt]\n__probe = 1\n".to_owned()),
             ("[http]", "[http]\n__probe = 1\n".to_owned()),
             ("[cluster]", "[cluster]\n__probe = 1\n".to_owned()),
+            ("[webhook]", "[webhook]\n__probe = 1\n".to_owned()),
         ];
         for (section, text) in sections {
             let message = error(&text);
@@ -1505,8 +1604,48 @@ queue_qos0 = true
         assert_eq!(
             error(&text),
             "pigeon.toml:2:1: bnd: unknown field `bnd`, expected one of `listener`, `storage`, \
-             `auth`, `limits`, `mqtt`, `http`, `cluster`"
+             `auth`, `limits`, `mqtt`, `http`, `cluster`, `webhook`"
         );
+    }
+
+    #[test]
+    fn webhook_section_is_checked_at_load() {
+        let text = format!("{ONE_LISTENER}[webhook]\nurl = \"http://127.0.0.1:9/e\"\n");
+        let config = Config::from_toml_str(&text, "pigeon.toml").expect("valid");
+        let settings = config.webhook.expect("webhook section").settings();
+        assert_eq!(settings.events, pigeon_backends::webhook::Event::DEFAULT);
+        assert_eq!(settings.max_queued_events, 10_000);
+        let bad = [
+            (
+                "url = \"ftp://x/\"",
+                "[webhook] url: ",
+                "not an http:// or https:// URL",
+            ),
+            (
+                "url = \"http://x/\"\nevents = [\"message_sent\"]",
+                "pigeon.toml:5:11: [webhook] events: ",
+                "unknown variant `message_sent`",
+            ),
+            (
+                "url = \"http://x/\"\ntimeout_ms = 0",
+                "[webhook] timeout_ms: ",
+                "at least 1",
+            ),
+            (
+                "url = \"http://x/\"\nheaders = { \"bad header\" = \"v\" }",
+                "[webhook] headers: ",
+                "not an HTTP header name",
+            ),
+        ];
+        for (body, key, reason) in bad {
+            let message = error(&format!("{ONE_LISTENER}[webhook]\n{body}\n"));
+            assert!(
+                message.starts_with("pigeon.toml:")
+                    && message.contains(key)
+                    && message.contains(reason),
+                "{body}: {message}"
+            );
+        }
     }
 
     #[test]

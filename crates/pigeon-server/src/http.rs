@@ -31,6 +31,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use pigeon_backends::webhook::WebhookStats;
 use pigeon_codec::ReasonCode;
 use pigeon_core::Broker;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ struct HttpState {
     /// `Bearer <admin_token>`, as the Authorization header must read.
     admin_authorization: Option<String>,
     broker: Arc<Broker>,
+    webhook: Option<Arc<WebhookStats>>,
     /// When the listener started, about when the broker did: the stats' uptime.
     started: std::time::Instant,
 }
@@ -66,12 +68,14 @@ pub(crate) async fn serve(
     static_root: Option<PathBuf>,
     admin_token: Option<String>,
     broker: Arc<Broker>,
+    webhook: Option<Arc<WebhookStats>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let state = Arc::new(HttpState {
         static_root,
         admin_authorization: admin_token.map(|token| format!("Bearer {token}")),
         broker,
+        webhook,
         started: std::time::Instant::now(),
     });
     // The admin API, behind its token; the layer covers only these routes.
@@ -111,7 +115,8 @@ async fn health() -> &'static str {
 
 /// The broker's counters in the Prometheus text format.
 /// What `/metrics` and `/api/v1/stats` report: name, Prometheus type, help and value.
-fn figures(broker: &Broker) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+fn figures(state: &HttpState) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+    let broker = &state.broker;
     let s = &broker.stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut figures: Vec<(&str, &str, &str, u64)> = vec![
@@ -210,13 +215,41 @@ fn figures(broker: &Broker) -> Vec<(&'static str, &'static str, &'static str, u6
             ),
         ]);
     }
+    if let Some(w) = &state.webhook {
+        figures.extend([
+            (
+                "pigeon_webhook_sent_total",
+                "counter",
+                "Events the webhook's service accepted (2xx).",
+                get(&w.sent),
+            ),
+            (
+                "pigeon_webhook_failed_total",
+                "counter",
+                "Events given up on: a 4xx, or every attempt failed.",
+                get(&w.failed),
+            ),
+            (
+                "pigeon_webhook_dropped_total",
+                "counter",
+                "Events dropped because the webhook's queue was full.",
+                get(&w.dropped),
+            ),
+            (
+                "pigeon_webhook_queued",
+                "gauge",
+                "Events waiting or being sent.",
+                get(&w.pending),
+            ),
+        ]);
+    }
     figures
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     use std::fmt::Write;
     let mut text = String::new();
-    for (name, kind, help, value) in figures(&state.broker) {
+    for (name, kind, help, value) in figures(&state) {
         let _ = write!(
             text,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
@@ -281,7 +314,7 @@ fn json(value: serde_json::Value) -> Response {
 }
 
 async fn api_stats(State(state): State<Arc<HttpState>>) -> Response {
-    let mut stats: serde_json::Map<String, serde_json::Value> = figures(&state.broker)
+    let mut stats: serde_json::Map<String, serde_json::Value> = figures(&state)
         .into_iter()
         .map(|(name, _, _, value)| {
             let name = name.strip_prefix("pigeon_").unwrap_or(name);

@@ -12,7 +12,7 @@ use crate::tls::{TlsError, TlsFiles, TlsSource};
 use pigeon_backends::cluster::bus::{BusSettings, RedisBus};
 use pigeon_backends::cluster::sessions::RedisSessions;
 use pigeon_backends::redis_store::RedisStore;
-use pigeon_backends::{AclFile, FileError, PasswordFile};
+use pigeon_backends::{AclFile, FileError, PasswordFile, Webhook};
 use pigeon_core::auth::{AuthChain, Authenticator, Authorizer};
 use pigeon_core::hooks::{HookList, Hooks};
 use pigeon_core::store::{Persistence, Store, SyncPolicy};
@@ -64,6 +64,9 @@ pub enum Error {
     /// An `[auth.*]` backend (http, redis, postgres, jwt) cannot be set up.
     #[error("{key}: {reason}")]
     AuthBackend { key: String, reason: String },
+    /// `[webhook]` cannot be set up (its URL and headers are checked at load already).
+    #[error("[webhook]: {0}")]
+    Webhook(String),
     /// A listener beyond loopback with no authentication, and `allow_anonymous` not set.
     #[error("[auth] allow_anonymous: {0}")]
     OpenToTheNetwork(String),
@@ -169,6 +172,7 @@ pub struct Server {
     tls: TlsReloader,
     shared: Arc<Shared>,
     cluster: Option<Cluster>,
+    webhook: Option<Webhook>,
 }
 
 /// This node's part in a cluster.
@@ -216,7 +220,21 @@ impl Server {
     /// `bind`, with auth backends and hooks written in Rust.
     pub async fn bind_with(config: Config, extensions: Extensions) -> Result<Server, Error> {
         let auth = Arc::new(auth_chain(&config, &extensions)?);
-        let hooks = HookList::new(extensions.hooks);
+        // The configuration's webhook first, then the hooks written in Rust.
+        let webhook = match &config.webhook {
+            Some(w) => {
+                let webhook = Webhook::start(w.settings()).map_err(Error::Webhook)?;
+                info!(url = %w.url, "webhook on");
+                Some(webhook)
+            }
+            None => None,
+        };
+        let mut all_hooks: Vec<Arc<dyn Hooks>> = Vec::new();
+        if let Some(webhook) = &webhook {
+            all_hooks.push(Arc::new(webhook.clone()));
+        }
+        all_hooks.extend(extensions.hooks);
+        let hooks = HookList::new(all_hooks);
         let mut tls_sources = Vec::new();
         for l in &config.listeners {
             if let (true, Some(cert), Some(key)) = (l.protocol.is_tls(), &l.tls_cert, &l.tls_key) {
@@ -345,6 +363,7 @@ impl Server {
             },
             shared: Arc::new(Shared::new(config, broker, auth, hooks)),
             cluster,
+            webhook,
         })
     }
 
@@ -407,6 +426,7 @@ impl Server {
                     .as_ref()
                     .and_then(|h| h.admin_token.clone()),
                 Arc::clone(&self.shared.broker),
+                self.webhook.as_ref().map(Webhook::stats),
                 stop_rx.clone(),
             ))
         });
@@ -489,6 +509,10 @@ impl Server {
             }
         }
         self.shared.broker.flush_store().await;
+        if let Some(webhook) = &self.webhook {
+            // The disconnections of the shutdown are among them.
+            webhook.flush(Duration::from_secs(2)).await;
+        }
         if let Some(cluster) = &self.cluster {
             cluster.bus.flush(Duration::from_secs(2)).await;
             if let Some(sessions) = cluster.sessions.clone() {

@@ -14,7 +14,7 @@ use pigeon_backends::password_file::{PasswordHash, DEFAULT_ITERATIONS};
 use pigeon_codec::{ByteStr, Packet, Protocol, QoS, ReasonCode};
 use pigeon_server::config::{
     Config, HttpAuthConfig, JwtAuthConfig, ListenerConfig, ListenerProtocol, PostgresAuthConfig,
-    RedisAuthConfig, StorageBackend,
+    RedisAuthConfig, StorageBackend, WebhookConfig,
 };
 use pigeon_server::{Pigeon, PigeonHandle};
 use serde_json::{json, Value};
@@ -452,6 +452,8 @@ fn answer(path: &str, body: &Value) -> (u16, String) {
             ("teapot", _) => (418, String::new()),
             _ => (200, deny),
         },
+        "/events" => (200, String::new()),
+        "/events-broken" => (500, String::new()),
         "/acl" => match (field("access"), field("topic")) {
             (_, "end") | ("write", "alice/out") | ("subscribe", "alice/in") => (200, allow),
             (_, "broken") => (500, String::new()),
@@ -713,6 +715,213 @@ async fn http_service_down_fails_closed() {
             && line.to_lowercase().contains("connection refused"),
         "{line}"
     );
+    handle.stop().await.expect("stops");
+}
+
+/// The bodies the service got at `path`, once there are `n`, in the order they came.
+async fn events(service: &AuthService, path: &str, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let requests = service.requests(path);
+        if requests.len() >= n {
+            for r in &requests {
+                assert_eq!(r.authorization.as_deref(), Some("Bearer hook"), "{r:?}");
+            }
+            return requests.into_iter().map(|r| r.body).collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} events after 10 s: {requests:?}",
+            requests.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An event without what differs from run to run (times, the client's port), which must be
+/// there as numbers.
+fn steady(mut event: Value) -> Value {
+    let action = event["action"].as_str().unwrap_or_default().to_owned();
+    let map = event.as_object_mut().expect("an object");
+    let volatile: &[&str] = match action.as_str() {
+        "client_connected" => &["connected_at", "port"],
+        "message_publish" | "message_delivered" => &["ts"],
+        _ => &[],
+    };
+    for key in volatile {
+        assert!(
+            map.remove(*key).is_some_and(|v| v.is_u64()),
+            "{key} in {action}"
+        );
+    }
+    event
+}
+
+/// `[webhook]`: each event of a client's life reaches the user's service as a JSON POST in
+/// EMQX's form, with the configured header, in the order it happened.
+#[tokio::test]
+async fn webhook_posts_client_session_and_message_events() {
+    use pigeon_backends::webhook::Event;
+    let service = AuthService::start().await;
+    let (handle, addr) = start(config(|c| {
+        c.webhook = Some(WebhookConfig {
+            url: service.url("/events"),
+            events: vec![
+                Event::ClientConnected,
+                Event::ClientDisconnected,
+                Event::SessionSubscribed,
+                Event::SessionUnsubscribed,
+                Event::MessagePublish,
+                Event::MessageDelivered,
+            ],
+            headers: [("Authorization".to_owned(), "Bearer hook".to_owned())].into(),
+            ..Default::default()
+        })
+    }))
+    .await;
+    let mut sub = connect(addr, V5, "hook-sub").await;
+    subscribe(&mut sub, "t/#", QoS::AtLeastOnce).await;
+    let mut publisher = logged_in(addr, V3, "hook-pub", "alice", "any").await;
+    publish_q1(&mut publisher, "t/1", b"hello").await;
+    let first = next_publish(&mut sub).await;
+    ack(&mut sub, &first).await;
+    let _ = publish(
+        &mut publisher,
+        message("t/2", &[0xff, 0x00], QoS::AtMostOnce),
+    )
+    .await;
+    let second = next_publish(&mut sub).await;
+    assert_eq!(&second.payload[..], &[0xff, 0x00]);
+    unsubscribe(&mut sub, &["t/#"]).await;
+    sub.send(&Packet::Disconnect(Default::default())).await;
+    drop(publisher);
+
+    let got: Vec<Value> = events(&service, "/events", 10)
+        .await
+        .into_iter()
+        .map(steady)
+        .collect();
+    let of = |client: &str| -> Vec<Value> {
+        got.iter()
+            .filter(|e| e["clientid"] == client || e["from_client_id"] == client)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        of("hook-sub"),
+        vec![
+            json!({"action": "client_connected", "clientid": "hook-sub", "username": null,
+                   "ipaddress": "127.0.0.1", "proto_ver": 5}),
+            json!({"action": "session_subscribed", "clientid": "hook-sub", "username": null,
+                   "topic": "t/#", "opts": {"qos": 1}}),
+            json!({"action": "message_delivered", "clientid": "hook-sub", "username": null,
+                   "from_client_id": "hook-pub", "topic": "t/1", "qos": 1, "retain": false,
+                   "payload": "hello"}),
+            json!({"action": "message_delivered", "clientid": "hook-sub", "username": null,
+                   "from_client_id": "hook-pub", "topic": "t/2", "qos": 0, "retain": false,
+                   "payload": "/wA=", "payload_encoding": "base64"}),
+            json!({"action": "session_unsubscribed", "clientid": "hook-sub", "username": null,
+                   "topic": "t/#"}),
+            json!({"action": "client_disconnected", "clientid": "hook-sub", "username": null,
+                   "reason": "normal", "reason_code": 0}),
+        ]
+    );
+    let published: Vec<Value> = of("hook-pub")
+        .into_iter()
+        .filter(|e| e["action"] != "message_delivered")
+        .collect();
+    assert_eq!(
+        published,
+        vec![
+            json!({"action": "client_connected", "clientid": "hook-pub", "username": "alice",
+                   "ipaddress": "127.0.0.1", "proto_ver": 4}),
+            json!({"action": "message_publish", "from_client_id": "hook-pub",
+                   "from_username": "alice", "topic": "t/1", "qos": 1, "retain": false,
+                   "payload": "hello"}),
+            json!({"action": "message_publish", "from_client_id": "hook-pub",
+                   "from_username": "alice", "topic": "t/2", "qos": 0, "retain": false,
+                   "payload": "/wA=", "payload_encoding": "base64"}),
+            json!({"action": "client_disconnected", "clientid": "hook-pub", "username": "alice",
+                   "reason": "tcp_closed", "reason_code": null}),
+        ]
+    );
+    assert_eq!(got.len(), 10, "no other event: {got:?}");
+    handle.stop().await.expect("stops");
+}
+
+/// A service that fails does not hold clients up: events beyond the queue are dropped, failures
+/// are retried then given up on, both counted in /metrics and logged with the URL. Only the
+/// events configured are sent (the default: no message events).
+#[tokio::test]
+async fn webhook_that_fails_drops_and_counts_and_never_holds_clients_up() {
+    let log = LogCapture::global();
+    let service = AuthService::start().await;
+    let url = service.url("/events-broken");
+    let (handle, addr) = start(config(|c| {
+        c.http = Some(pigeon_server::config::HttpConfig {
+            bind: "127.0.0.1:0".parse().expect("address"),
+            ..Default::default()
+        });
+        c.webhook = Some(WebhookConfig {
+            url: url.clone(),
+            headers: [("Authorization".to_owned(), "Bearer hook".to_owned())].into(),
+            max_queued_events: 2,
+            retries: 3,
+            ..Default::default()
+        })
+    }))
+    .await;
+    // Each event takes 1.4 s to give up on (0.2 + 0.4 + 0.8 s between 4 attempts): these
+    // 25 clients come and go while the first is tried.
+    let started = std::time::Instant::now();
+    for i in 0..25 {
+        let mut client = connect(addr, V5, &format!("c{i}")).await;
+        publish_q1(&mut client, "x", b"not an event by default").await;
+        client.send(&Packet::Disconnect(Default::default())).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "25 clients took {:?}",
+        started.elapsed()
+    );
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let http = handle.http_addr().expect("HTTP listener");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let (_, text) = common::http(http, "GET", "/metrics", None).await;
+        if metric(&text, "pigeon_webhook_queued") == 0 {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue never drained:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (sent, failed, dropped) = (
+        metric(&text, "pigeon_webhook_sent_total"),
+        metric(&text, "pigeon_webhook_failed_total"),
+        metric(&text, "pigeon_webhook_dropped_total"),
+    );
+    // 25 connected and 25 disconnected events; no message event was asked for.
+    assert_eq!((sent, failed + dropped), (0, 50), "{text}");
+    assert!(dropped > 0 && failed > 0, "{text}");
+    let requests = service.requests("/events-broken");
+    assert_eq!(requests.len() as u64, failed * 4, "4 attempts per event");
+    assert!(requests.iter().all(|r| r.body["action"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("client_"))));
+    let text = log.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("webhook: event not delivered"))
+        .unwrap_or_else(|| panic!("no failure logged in:\n{text}"));
+    assert!(line.contains(&url) && line.contains("500"), "{line}");
+    assert!(text.contains("webhook: the queue is full"), "{text}");
     handle.stop().await.expect("stops");
 }
 

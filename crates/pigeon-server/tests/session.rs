@@ -6,10 +6,8 @@ mod support;
 
 use common::Broker;
 use pigeon_codec::{Packet, Protocol, QoS, ReasonCode};
-use std::net::SocketAddr;
 use std::time::Duration;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A rumqttc 3.1.1 client with clean session off, connected: its event loop and CONNACK.
 async fn rumqttc_persistent(
@@ -493,31 +491,6 @@ async fn inbound_qos2_resent_after_reconnect_is_delivered_once() {
     sub.expect_silence(Duration::from_millis(100)).await;
 }
 
-/// One HTTP/1.1 request (`Connection: close`): the status code and the body.
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\r\n");
-    tcp.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut response))
-        .await
-        .expect("response within 5 s")
-        .expect("read");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
-    (status, body.to_owned())
-}
-
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -544,16 +517,16 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
     .await;
 
     for token in [None, Some("wrong"), Some("s3cret-toke")] {
-        let (status, _) = http(api, "GET", "/api/v1/clients", token).await;
+        let (status, _) = common::http(api, "GET", "/api/v1/clients", token).await;
         assert_eq!(status, 401, "token {token:?}");
     }
     // The rest of the HTTP listener needs no token.
     assert_eq!(
-        http(api, "GET", "/health", None).await,
+        common::http(api, "GET", "/health", None).await,
         (200, "ok\n".to_owned())
     );
-    assert_eq!(http(api, "GET", "/metrics", None).await.0, 200);
-    let (status, body) = http(api, "GET", "/api/v1/clients", Some(TOKEN)).await;
+    assert_eq!(common::http(api, "GET", "/metrics", None).await.0, 200);
+    let (status, body) = common::http(api, "GET", "/api/v1/clients", Some(TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         json(&body),
@@ -562,31 +535,31 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
             {"client_id": "keeper", "connected": true},
         ]})
     );
-    let (_, body) = http(api, "GET", "/api/v1/clients?limit=1", Some(TOKEN)).await;
+    let (_, body) = common::http(api, "GET", "/api/v1/clients?limit=1", Some(TOKEN)).await;
     assert_eq!(json(&body)["clients"].as_array().map(Vec::len), Some(1));
-    let (_, body) = http(api, "GET", "/api/v1/stats", Some(TOKEN)).await;
+    let (_, body) = common::http(api, "GET", "/api/v1/stats", Some(TOKEN)).await;
     let stats = json(&body);
     assert_eq!(stats["sessions"], 2, "{body}");
     assert_eq!(stats["version"], env!("CARGO_PKG_VERSION"), "{body}");
     assert!(stats["uptime_seconds"].is_u64(), "{body}");
     // The dashboard page loads without the token (a browser navigation carries none) and asks
     // for it; tests/browser/run.mjs drives it in Chromium.
-    let (status, body) = http(api, "GET", "/dashboard", None).await;
+    let (status, body) = common::http(api, "GET", "/dashboard", None).await;
     assert_eq!(status, 200);
     assert!(body.contains("<title>Pigeon dashboard</title>"), "{body}");
 
-    let (status, _) = http(api, "DELETE", "/api/v1/clients/keeper", Some(TOKEN)).await;
+    let (status, _) = common::http(api, "DELETE", "/api/v1/clients/keeper", Some(TOKEN)).await;
     assert_eq!(status, 204);
     expect_disconnect(&mut keeper, ReasonCode::ADMINISTRATIVE_ACTION).await;
     wait_offline(&broker.broker, "keeper").await;
-    let (status, body) = http(api, "GET", "/api/v1/clients/keeper", Some(TOKEN)).await;
+    let (status, body) = common::http(api, "GET", "/api/v1/clients/keeper", Some(TOKEN)).await;
     assert_eq!(
         (status, json(&body)["connected"].clone()),
         (200, false.into())
     );
-    let (status, _) = http(api, "DELETE", "/api/v1/clients/keeper", Some(TOKEN)).await;
+    let (status, _) = common::http(api, "DELETE", "/api/v1/clients/keeper", Some(TOKEN)).await;
     assert_eq!(status, 404, "not connected any more");
-    let (status, _) = http(api, "GET", "/api/v1/clients/nobody", Some(TOKEN)).await;
+    let (status, _) = common::http(api, "GET", "/api/v1/clients/nobody", Some(TOKEN)).await;
     assert_eq!(status, 404);
     broker.stop().await;
 }
@@ -604,10 +577,10 @@ async fn admin_api_is_off_without_a_token() {
     .await;
     let api = broker.http.expect("HTTP listener");
     for token in [None, Some("anything")] {
-        let (status, body) = http(api, "GET", "/api/v1/clients", token).await;
+        let (status, body) = common::http(api, "GET", "/api/v1/clients", token).await;
         assert_eq!(status, 404, "{body}");
     }
-    let (status, body) = http(api, "GET", "/dashboard", None).await;
+    let (status, body) = common::http(api, "GET", "/dashboard", None).await;
     assert_eq!(
         (status, body.as_str()),
         (404, "admin API off: set admin_token in [http]\n")
