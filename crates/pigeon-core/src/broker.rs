@@ -61,6 +61,23 @@ pub struct ConnectionHandle {
     pub control: ControlSender,
 }
 
+/// One session as the admin API shows it (`Broker::client`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientDetail {
+    /// A connection is attached.
+    pub connected: bool,
+    /// Session Expiry Interval, seconds; 0 ends the session with its connection.
+    pub expiry_interval: u32,
+    /// Full filters (`$share/group/` included) with their options, by filter.
+    pub subscriptions: Vec<(ByteStr, SubscriptionOptions)>,
+    /// Messages waiting to be sent, and their bytes (topic and payload, as
+    /// `limits.max_queued_bytes` counts them).
+    pub queued_messages: usize,
+    pub queued_bytes: usize,
+    /// Sent and not yet acknowledged.
+    pub inflight: usize,
+}
+
 /// A registered session and the connection attached to it, if any.
 struct Slot<'a> {
     session: &'a Arc<Session>,
@@ -572,11 +589,33 @@ impl Broker {
         (all, total)
     }
 
-    /// Whether `client_id` has a session here, and if so whether a connection is attached.
-    pub fn client(&self, client_id: &str) -> Option<bool> {
-        lock(&self.registry)
-            .get(client_id)
-            .map(|slot| slot.connection.is_some())
+    /// `client_id`'s session here, if it has one: whether a connection is attached, its
+    /// subscriptions and what waits in it.
+    pub fn client(&self, client_id: &str) -> Option<ClientDetail> {
+        let (session, connected) = {
+            let registry = lock(&self.registry);
+            let slot = registry.get(client_id)?;
+            (Arc::clone(slot.session), slot.connection.is_some())
+        };
+        let state = session.lock();
+        let mut subscriptions: Vec<(ByteStr, SubscriptionOptions)> = state
+            .subscriptions
+            .get()
+            .map(|subs| {
+                subs.iter()
+                    .map(|(filter, record)| (filter.clone(), record.options))
+                    .collect()
+            })
+            .unwrap_or_default();
+        subscriptions.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        Some(ClientDetail {
+            connected,
+            expiry_interval: state.expiry_interval,
+            subscriptions,
+            queued_messages: state.queue.len(),
+            queued_bytes: state.queued_bytes,
+            inflight: state.inflight.len(),
+        })
     }
 
     /// Closes the connection attached to `client_id`'s session, with `reason` in a 5.0

@@ -6,7 +6,9 @@
 //!   prefix and `_total` suffix.
 //! - `GET /api/v1/clients?limit=N`: `{"total": T, "clients": [{"client_id", "connected"}]}`,
 //!   the first N (default 1000) sessions by client id.
-//! - `GET /api/v1/clients/{client_id}`: one session, or 404.
+//! - `GET /api/v1/clients/{client_id}`: one session, or 404: whether it is connected, its
+//!   Session Expiry Interval, subscriptions (filter and options), the messages queued for it
+//!   (and their bytes, topic and payload) and those in flight.
 //! - `DELETE /api/v1/clients/{client_id}`: disconnects the client (5.0: DISCONNECT 0x98
 //!   Administrative action); 204, or 404 when it is not connected. Its session stays or ends by
 //!   its expiry, as after any disconnection.
@@ -391,12 +393,31 @@ async fn api_client(
     State(state): State<Arc<HttpState>>,
     UrlPath(client_id): UrlPath<String>,
 ) -> Response {
-    match state.broker.client(&client_id) {
-        Some(connected) => {
-            json(serde_json::json!({ "client_id": client_id, "connected": connected }))
-        }
-        None => (StatusCode::NOT_FOUND, "no such session\n").into_response(),
-    }
+    let Some(client) = state.broker.client(&client_id) else {
+        return (StatusCode::NOT_FOUND, "no such session\n").into_response();
+    };
+    let subscriptions: Vec<serde_json::Value> = client
+        .subscriptions
+        .iter()
+        .map(|(filter, options)| {
+            serde_json::json!({
+                "topic": filter.as_str(),
+                "qos": options.qos as u8,
+                "no_local": options.no_local,
+                "retain_as_published": options.retain_as_published,
+                "retain_handling": options.retain_handling as u8,
+            })
+        })
+        .collect();
+    json(serde_json::json!({
+        "client_id": client_id,
+        "connected": client.connected,
+        "session_expiry_interval": client.expiry_interval,
+        "subscriptions": subscriptions,
+        "queued_messages": client.queued_messages,
+        "queued_bytes": client.queued_bytes,
+        "inflight": client.inflight,
+    }))
 }
 
 async fn api_disconnect(

@@ -496,8 +496,8 @@ fn json(body: &str) -> serde_json::Value {
 }
 
 /// The admin API (`[http] admin_token`): the sessions with whether each is connected, the
-/// figures of `/metrics`, and disconnecting a client with 0x98 (Administrative action) while
-/// its persistent session stays. A request without the token, or with another, gets 401.
+/// figures of `/metrics`, disconnecting a client with 0x98 (Administrative action) while its
+/// persistent session stays, and that session's subscriptions and queued messages. A request without the token, or with another, gets 401.
 #[tokio::test]
 async fn admin_api_lists_sessions_and_disconnects_a_client() {
     const TOKEN: &str = "s3cret-token";
@@ -510,11 +510,12 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
     })
     .await;
     let api = broker.http.expect("HTTP listener");
-    let (_alice, _) = connected(broker.addr, Protocol::V5, "alice", true, |_| {}).await;
+    let (mut alice, _) = connected(broker.addr, Protocol::V5, "alice", true, |_| {}).await;
     let (mut keeper, _) = connected(broker.addr, Protocol::V5, "keeper", true, |c| {
         c.properties.session_expiry_interval = Some(600)
     })
     .await;
+    subscribe(&mut keeper, "orders/#", QoS::AtLeastOnce).await;
 
     for token in [None, Some("wrong"), Some("s3cret-toke")] {
         let (status, _) = common::http(api, "GET", "/api/v1/clients", token).await;
@@ -552,10 +553,18 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
     assert_eq!(status, 204);
     expect_disconnect(&mut keeper, ReasonCode::ADMINISTRATIVE_ACTION).await;
     wait_offline(&broker.broker, "keeper").await;
+    // Offline, its session keeps its subscription and queues what is published to it.
+    publish(&mut alice, "orders/1", "for keeper", QoS::AtLeastOnce, 1).await;
     let (status, body) = common::http(api, "GET", "/api/v1/clients/keeper", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(
-        (status, json(&body)["connected"].clone()),
-        (200, false.into())
+        json(&body),
+        serde_json::json!({
+            "client_id": "keeper", "connected": false, "session_expiry_interval": 600,
+            "subscriptions": [{"topic": "orders/#", "qos": 1, "no_local": false,
+                               "retain_as_published": false, "retain_handling": 0}],
+            "queued_messages": 1, "queued_bytes": 18, "inflight": 0,
+        })
     );
     let (status, _) = common::http(api, "DELETE", "/api/v1/clients/keeper", Some(TOKEN)).await;
     assert_eq!(status, 404, "not connected any more");
