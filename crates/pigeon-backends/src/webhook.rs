@@ -20,7 +20,7 @@
 //! A payload is sent as text when it is UTF-8 and `payload_encoding` is `plain`; otherwise in
 //! base64, and the event then says `"payload_encoding": "base64"`.
 //!
-//! Delivery: events wait in a bounded queue and one task POSTs them in the order they
+//! Delivery: events wait in a queue bounded in events and in bytes, and one task POSTs them in the order they
 //! happened, over a kept-alive connection. A full queue drops new events (counted, logged once
 //! until the queue drains), so a slow service never holds up a client or grows memory. A
 //! failure to connect, a timeout or a 5xx is retried `retries` times, 0.2 s, 0.4 s... apart; a
@@ -87,6 +87,8 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     /// Events waiting at most; more are dropped.
     pub max_queued_events: usize,
+    /// Bytes of events (their JSON) waiting at most; more are dropped.
+    pub max_queued_bytes: usize,
     /// Further attempts after a failure to connect, a timeout or a 5xx.
     pub retries: u32,
     pub payload_encoding: PayloadEncoding,
@@ -103,6 +105,8 @@ pub struct WebhookStats {
     pub dropped: AtomicU64,
     /// Events queued or being sent.
     pub pending: AtomicU64,
+    /// Their bytes.
+    pub pending_bytes: AtomicU64,
 }
 
 /// The `Hooks` that turn events into requests; cloning shares the queue.
@@ -111,6 +115,7 @@ pub struct Webhook {
     queue: mpsc::Sender<Bytes>,
     events: u8,
     encoding: PayloadEncoding,
+    max_queued_bytes: u64,
     stats: Arc<WebhookStats>,
     /// Set by the first drop, cleared when the queue drains: one log line per overflow.
     dropping: Arc<AtomicBool>,
@@ -142,11 +147,13 @@ impl Webhook {
             last_warning: None,
             unreported_failures: 0,
         };
+        info!(url = %sender.shown, "webhook on");
         tokio::spawn(sender.run(receiver));
         Ok(Webhook {
             queue,
             events: settings.events.iter().fold(0, |bits, e| bits | e.bit()),
             encoding: settings.payload_encoding,
+            max_queued_bytes: settings.max_queued_bytes as u64,
             stats,
             dropping,
         })
@@ -176,9 +183,14 @@ impl Webhook {
     }
 
     fn push(&self, body: Value) {
+        let body = Bytes::from(body.to_string());
+        let size = body.len() as u64;
         self.stats.pending.fetch_add(1, Ordering::AcqRel);
-        if self.queue.try_send(body.to_string().into()).is_err() {
+        let before = self.stats.pending_bytes.fetch_add(size, Ordering::AcqRel);
+        let queued = before + size <= self.max_queued_bytes && self.queue.try_send(body).is_ok();
+        if !queued {
             self.stats.pending.fetch_sub(1, Ordering::AcqRel);
+            self.stats.pending_bytes.fetch_sub(size, Ordering::AcqRel);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             if !self.dropping.swap(true, Ordering::Relaxed) {
                 warn!(
@@ -353,7 +365,9 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 impl Sender {
     async fn run(mut self, mut receiver: mpsc::Receiver<Bytes>) {
         while let Some(body) = receiver.recv().await {
+            let size = body.len() as u64;
             self.send(body).await;
+            self.stats.pending_bytes.fetch_sub(size, Ordering::AcqRel);
             self.stats.pending.fetch_sub(1, Ordering::AcqRel);
             if receiver.is_empty() && self.dropping.swap(false, Ordering::Relaxed) {
                 info!(
@@ -418,6 +432,39 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Large payloads fill the queue by bytes before they fill it by count.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes() {
+        let webhook = Webhook::start(WebhookSettings {
+            url: "http://127.0.0.1:9/".into(),
+            events: vec![Event::MessagePublish],
+            headers: Vec::new(),
+            timeout: Duration::from_secs(1),
+            max_queued_events: 1000,
+            max_queued_bytes: 4096,
+            retries: 0,
+            payload_encoding: PayloadEncoding::Plain,
+        })
+        .expect("valid settings");
+        let message = Message::new(
+            "t".into(),
+            Bytes::from(vec![b'a'; 1000]),
+            QoS::AtMostOnce,
+            false,
+            Default::default(),
+            None,
+        );
+        // The sender task has not run yet (this runtime has one thread, and nothing awaits):
+        // events of about 1,100 bytes, three of which fit in 4,096.
+        for _ in 0..10 {
+            webhook.message_published(None, &message);
+        }
+        let stats = webhook.stats();
+        assert_eq!(stats.pending.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 7);
+        assert!(stats.pending_bytes.load(Ordering::Relaxed) <= 4096);
+    }
 
     #[test]
     fn disconnections_have_emqx_names() {

@@ -61,6 +61,8 @@ pub struct WebhookConfig {
     pub timeout_ms: u64,
     /// Events waiting to be sent at most; more are dropped and counted.
     pub max_queued_events: usize,
+    /// Bytes of events (their JSON) waiting at most; more are dropped and counted.
+    pub max_queued_bytes: usize,
     /// Further attempts after a failure to connect, a timeout or a 5xx.
     pub retries: u32,
     pub payload_encoding: pigeon_backends::webhook::PayloadEncoding,
@@ -74,6 +76,7 @@ impl Default for WebhookConfig {
             headers: std::collections::BTreeMap::new(),
             timeout_ms: 5000,
             max_queued_events: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
             retries: 2,
             payload_encoding: pigeon_backends::webhook::PayloadEncoding::Plain,
         }
@@ -97,6 +100,7 @@ impl WebhookConfig {
                 .collect(),
             timeout: std::time::Duration::from_millis(self.timeout_ms),
             max_queued_events: self.max_queued_events,
+            max_queued_bytes: self.max_queued_bytes,
             retries: self.retries,
             payload_encoding: self.payload_encoding,
         }
@@ -798,7 +802,9 @@ bind = "127.0.0.1:18083"
 # events = []
 # headers = { Authorization = "Bearer change-me" }
 # timeout_ms = 5000
+# Events waiting at most, and their bytes (64 MiB); beyond either, new events are dropped.
 # max_queued_events = 10000
+# max_queued_bytes = 67108864
 # Further attempts after a failure to connect, a timeout or a 5xx (0.2 s, 0.4 s... apart).
 # retries = 2
 # "plain": UTF-8 payloads as text, others in base64 (marked); "base64": all in base64.
@@ -1040,6 +1046,9 @@ fn check_webhook(config: &Config) -> Result<(), Problem> {
     }
     if webhook.max_queued_events == 0 {
         return Err(with("max_queued_events", "must be at least 1".into()));
+    }
+    if webhook.max_queued_bytes == 0 {
+        return Err(with("max_queued_bytes", "must be at least 1".into()));
     }
     Ok(())
 }

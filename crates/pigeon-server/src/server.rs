@@ -222,11 +222,7 @@ impl Server {
         let auth = Arc::new(auth_chain(&config, &extensions)?);
         // The configuration's webhook first, then the hooks written in Rust.
         let webhook = match &config.webhook {
-            Some(w) => {
-                let webhook = Webhook::start(w.settings()).map_err(Error::Webhook)?;
-                info!(url = %w.url, "webhook on");
-                Some(webhook)
-            }
+            Some(w) => Some(Webhook::start(w.settings()).map_err(Error::Webhook)?),
             None => None,
         };
         let mut all_hooks: Vec<Arc<dyn Hooks>> = Vec::new();
