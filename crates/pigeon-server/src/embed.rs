@@ -121,6 +121,33 @@ pub enum InProcessError {
     TopicFilter(String),
 }
 
+impl Shared {
+    /// A message from inside the process (the Rust API, the admin API): routed like a
+    /// client's, with no ACL, and told to the hooks as published by no client.
+    pub(crate) fn publish_in_process(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<PublishOutcome, InProcessError> {
+        if !valid_topic_name(topic) {
+            return Err(InProcessError::TopicName(topic.to_owned()));
+        }
+        let message = Arc::new(Message::new(
+            ByteStr::from(topic),
+            payload,
+            qos,
+            retain,
+            PublishProperties::default(),
+            None,
+        ));
+        let outcome = self.broker.publish(Arc::clone(&message));
+        self.hooks.each(|h| h.message_published(None, &message));
+        Ok(outcome)
+    }
+}
+
 /// A running embedded broker.
 pub struct PigeonHandle {
     local_addrs: Vec<SocketAddr>,
@@ -158,22 +185,8 @@ impl PigeonHandle {
         qos: QoS,
         retain: bool,
     ) -> Result<PublishOutcome, InProcessError> {
-        if !valid_topic_name(topic) {
-            return Err(InProcessError::TopicName(topic.to_owned()));
-        }
-        let message = Arc::new(Message::new(
-            ByteStr::from(topic),
-            payload.into(),
-            qos,
-            retain,
-            PublishProperties::default(),
-            None,
-        ));
-        let outcome = self.shared.broker.publish(Arc::clone(&message));
         self.shared
-            .hooks
-            .each(|h| h.message_published(None, &message));
-        Ok(outcome)
+            .publish_in_process(topic, payload.into(), qos, retain)
     }
 
     /// Subscribes from inside the process; retained messages matching `filter` come first.

@@ -9,6 +9,7 @@
 //! - `GET /api/v1/clients/{client_id}`: one session, or 404: whether it is connected, its
 //!   Session Expiry Interval, subscriptions (filter and options), the messages queued for it
 //!   (and their bytes, topic and payload) and those in flight.
+//! - `POST /api/v1/publish`: publishes one message or an array of them (`api_publish`).
 //! - `DELETE /api/v1/clients/{client_id}`: disconnects the client (5.0: DISCONNECT 0x98
 //!   Administrative action); 204, or 404 when it is not connected. Its session stays or ends by
 //!   its expiry, as after any disconnection.
@@ -27,15 +28,18 @@
 //! neither `../` nor a symlink reaches outside it. Files are read whole, up to
 //! `MAX_STATIC_FILE` bytes; a directory serves its `index.html`.
 
+use crate::connection::Shared;
 use axum::extract::{Path as UrlPath, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use base64::Engine;
+use bytes::Bytes;
 use pigeon_backends::webhook::WebhookStats;
-use pigeon_codec::ReasonCode;
-use pigeon_core::Broker;
+use pigeon_codec::topic::valid_topic_name;
+use pigeon_codec::{QoS, ReasonCode};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -52,7 +56,8 @@ struct HttpState {
     static_root: Option<PathBuf>,
     /// `Bearer <admin_token>`, as the Authorization header must read.
     admin_authorization: Option<String>,
-    broker: Arc<Broker>,
+    /// The broker, and the hooks an HTTP publish is told to.
+    shared: Arc<Shared>,
     webhook: Option<Arc<WebhookStats>>,
     /// When the listener started, about when the broker did: the stats' uptime.
     started: std::time::Instant,
@@ -68,15 +73,19 @@ const DEFAULT_CLIENT_LIMIT: usize = 1000;
 pub(crate) async fn serve(
     listener: TcpListener,
     static_root: Option<PathBuf>,
-    admin_token: Option<String>,
-    broker: Arc<Broker>,
+    shared: Arc<Shared>,
     webhook: Option<Arc<WebhookStats>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let state = Arc::new(HttpState {
         static_root,
-        admin_authorization: admin_token.map(|token| format!("Bearer {token}")),
-        broker,
+        admin_authorization: shared
+            .config
+            .http
+            .as_ref()
+            .and_then(|h| h.admin_token.as_ref())
+            .map(|token| format!("Bearer {token}")),
+        shared,
         webhook,
         started: std::time::Instant::now(),
     });
@@ -84,6 +93,7 @@ pub(crate) async fn serve(
     let api = Router::new()
         .route("/api/v1/stats", get(api_stats))
         .route("/api/v1/clients", get(api_clients))
+        .route("/api/v1/publish", post(api_publish))
         .route(
             "/api/v1/clients/{client_id}",
             get(api_client).delete(api_disconnect),
@@ -118,7 +128,7 @@ async fn health() -> &'static str {
 /// The broker's counters in the Prometheus text format.
 /// What `/metrics` and `/api/v1/stats` report: name, Prometheus type, help and value.
 fn figures(state: &HttpState) -> Vec<(&'static str, &'static str, &'static str, u64)> {
-    let broker = &state.broker;
+    let broker = &state.shared.broker;
     let s = &broker.stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut figures: Vec<(&str, &str, &str, u64)> = vec![
@@ -379,7 +389,7 @@ async fn api_clients(State(state): State<Arc<HttpState>>, RawQuery(query): RawQu
             }
         }
     }
-    let (clients, total) = state.broker.clients(limit);
+    let (clients, total) = state.shared.broker.clients(limit);
     let clients: Vec<serde_json::Value> = clients
         .into_iter()
         .map(|(client_id, connected)| {
@@ -393,7 +403,7 @@ async fn api_client(
     State(state): State<Arc<HttpState>>,
     UrlPath(client_id): UrlPath<String>,
 ) -> Response {
-    let Some(client) = state.broker.client(&client_id) else {
+    let Some(client) = state.shared.broker.client(&client_id) else {
         return (StatusCode::NOT_FOUND, "no such session\n").into_response();
     };
     let subscriptions: Vec<serde_json::Value> = client
@@ -420,11 +430,112 @@ async fn api_client(
     }))
 }
 
+/// One message of `POST /api/v1/publish`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    topic: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retain: bool,
+    #[serde(default)]
+    payload_encoding: PayloadEncoding,
+}
+
+#[derive(serde::Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum PayloadEncoding {
+    #[default]
+    Plain,
+    Base64,
+}
+
+/// A message ready to publish, or why the request cannot be one.
+fn publish_request(request: PublishRequest) -> Result<(String, Bytes, QoS, bool), String> {
+    let qos = QoS::from_u8(request.qos).ok_or(format!("qos {}: not 0, 1 or 2", request.qos))?;
+    if !valid_topic_name(&request.topic) {
+        return Err(format!("`{}` is not a valid topic name", request.topic));
+    }
+    if request.topic.starts_with('$') {
+        return Err(format!(
+            "`{}`: topics starting with $ are the broker's",
+            request.topic
+        ));
+    }
+    let payload = match request.payload_encoding {
+        PayloadEncoding::Plain => Bytes::from(request.payload),
+        PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(request.payload.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| format!("payload: not base64 ({e})"))?,
+    };
+    Ok((request.topic, payload, qos, request.retain))
+}
+
+/// `POST /api/v1/publish`: one message (`{"topic", "payload", "qos", "retain",
+/// "payload_encoding"}`) or an array of them, published as from inside the broker. Answers
+/// once the messages are routed and, for sessions that keep them, stored: `{"routed": N}`
+/// (sessions it was queued for) for one, an array of those for an array. A request with any
+/// invalid message publishes none of them (400, saying which and why).
+async fn api_publish(State(state): State<Arc<HttpState>>, body: axum::body::Bytes) -> Response {
+    let bad = |why: String| (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => return bad(format!("not JSON: {e}")),
+    };
+    let single = !value.is_array();
+    let items = match value {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    };
+    let mut messages = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let checked = serde_json::from_value(item)
+            .map_err(|e| e.to_string())
+            .and_then(publish_request);
+        match checked {
+            Ok(message) => messages.push(message),
+            Err(why) if single => return bad(why),
+            Err(why) => return bad(format!("message {i}: {why}")),
+        }
+    }
+    let broker = &state.shared.broker;
+    let mut results = Vec::with_capacity(messages.len());
+    let mut wait_for = 0;
+    for (topic, payload, qos, retain) in messages {
+        match state
+            .shared
+            .publish_in_process(&topic, payload, qos, retain)
+        {
+            Ok(outcome) => {
+                debug!(topic, qos = qos as u8, retain, "admin API: published");
+                wait_for = wait_for.max(outcome.wait_for);
+                results.push(serde_json::json!({ "routed": outcome.routed }));
+            }
+            // Checked above; kept for a rule added there later.
+            Err(e) => return bad(e.to_string()),
+        }
+    }
+    // What is acknowledged is kept: the answer waits for the store, as a PUBACK does.
+    if let Some(mut committed) = broker.committed() {
+        let _ = committed.wait_for(|c| *c >= wait_for).await;
+    }
+    if single {
+        json(results.swap_remove(0))
+    } else {
+        json(results.into())
+    }
+}
+
 async fn api_disconnect(
     State(state): State<Arc<HttpState>>,
     UrlPath(client_id): UrlPath<String>,
 ) -> Response {
     if state
+        .shared
         .broker
         .disconnect_client(&client_id, ReasonCode::ADMINISTRATIVE_ACTION)
     {

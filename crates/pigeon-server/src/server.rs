@@ -416,12 +416,7 @@ impl Server {
             tokio::spawn(crate::http::serve(
                 socket,
                 root,
-                self.shared
-                    .config
-                    .http
-                    .as_ref()
-                    .and_then(|h| h.admin_token.clone()),
-                Arc::clone(&self.shared.broker),
+                Arc::clone(&self.shared),
                 self.webhook.as_ref().map(Webhook::stats),
                 stop_rx.clone(),
             ))

@@ -553,8 +553,16 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
     assert_eq!(status, 204);
     expect_disconnect(&mut keeper, ReasonCode::ADMINISTRATIVE_ACTION).await;
     wait_offline(&broker.broker, "keeper").await;
-    // Offline, its session keeps its subscription and queues what is published to it.
+    // Offline, its session keeps its subscription and queues what is published to it, by a
+    // client or through the API.
     publish(&mut alice, "orders/1", "for keeper", QoS::AtLeastOnce, 1).await;
+    let one = r#"{"topic": "orders/2", "payload": "from the API", "qos": 1}"#;
+    let (status, body) =
+        common::http_with_body(api, "POST", "/api/v1/publish", Some(TOKEN), one).await;
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({"routed": 1}))
+    );
     let (status, body) = common::http(api, "GET", "/api/v1/clients/keeper", Some(TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -563,11 +571,68 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
             "client_id": "keeper", "connected": false, "session_expiry_interval": 600,
             "subscriptions": [{"topic": "orders/#", "qos": 1, "no_local": false,
                                "retain_as_published": false, "retain_handling": 0}],
-            "queued_messages": 1, "queued_bytes": 18, "inflight": 0,
+            "queued_messages": 2, "queued_bytes": 38, "inflight": 0,
         })
     );
     let (status, _) = common::http(api, "DELETE", "/api/v1/clients/keeper", Some(TOKEN)).await;
     assert_eq!(status, 404, "not connected any more");
+
+    // A backend's batch, text and binary; alice gets both.
+    subscribe(&mut alice, "news/#", QoS::AtLeastOnce).await;
+    let batch = r#"[{"topic": "news/a", "payload": "hi"},
+        {"topic": "news/b", "payload": "/wA=", "payload_encoding": "base64", "qos": 1}]"#;
+    let (status, body) =
+        common::http_with_body(api, "POST", "/api/v1/publish", Some(TOKEN), batch).await;
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!([{"routed": 1}, {"routed": 1}]))
+    );
+    let got = expect_publish(&mut alice).await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("news/a", &b"hi"[..])
+    );
+    let got = receive_and_ack(&mut alice).await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("news/b", &[0xff, 0][..])
+    );
+    // A bad message in a batch publishes none of it, and says which and why.
+    for (request, why) in [
+        (
+            r#"{"topic": "news/#"}"#,
+            "`news/#` is not a valid topic name",
+        ),
+        (
+            r#"{"topic": "$SYS/x"}"#,
+            "topics starting with $ are the broker's",
+        ),
+        (r#"{"topic": "news/c", "qos": 3}"#, "qos 3: not 0, 1 or 2"),
+        (
+            r#"[{"topic": "news/c"}, {"topic": "news/d", "payload": "%", "payload_encoding": "base64"}]"#,
+            "message 1: payload: not base64",
+        ),
+        (
+            r#"{"topic": "news/c", "colour": "red"}"#,
+            "unknown field `colour`",
+        ),
+        ("not json", "not JSON"),
+    ] {
+        let (status, body) =
+            common::http_with_body(api, "POST", "/api/v1/publish", Some(TOKEN), request).await;
+        assert_eq!(status, 400, "{request}: {body}");
+        assert!(body.contains(why), "{request}: {body}");
+    }
+    alice.expect_silence(Duration::from_millis(100)).await;
+    let (status, _) = common::http_with_body(
+        api,
+        "POST",
+        "/api/v1/publish",
+        None,
+        r#"{"topic": "news/x"}"#,
+    )
+    .await;
+    assert_eq!(status, 401);
     let (status, _) = common::http(api, "GET", "/api/v1/clients/nobody", Some(TOKEN)).await;
     assert_eq!(status, 404);
     broker.stop().await;

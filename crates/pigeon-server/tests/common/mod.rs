@@ -189,11 +189,32 @@ pub async fn http(
     path: &str,
     token: Option<&str>,
 ) -> (u16, String) {
+    http_with_body(addr, method, path, token, "").await
+}
+
+/// `http` with a request body (JSON).
+pub async fn http_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\r\n");
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}{length}\r\n{body}"
+    );
     tcp.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut response))
