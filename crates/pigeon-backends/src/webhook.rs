@@ -1,31 +1,42 @@
 //! `webhook`: the broker's events as JSON POSTs to the user's web service, one event per
-//! request, in the form of EMQX's web hook so that its receivers carry over.
+//! request, with the actions and field names of EMQX 4.x's web hook plugin, so that a receiver
+//! written for it reads them.
 //!
-//! Bodies (`username` and `from_username` are `null` when the client gave none):
+//! Bodies (every one has `"node"`; `username` and `from_username` are `null` when unknown;
+//! times are milliseconds since the epoch):
 //! - `{"action": "client_connected", "clientid", "username", "ipaddress", "port", "proto_ver",
-//!   "connected_at"}` (seconds since the epoch);
-//! - `{"action": "client_disconnected", "clientid", "username", "reason", "reason_code"}`:
-//!   `reason` is `normal` (the client sent DISCONNECT), `tcp_closed` (the connection ended
-//!   without one), `takenover`, `kicked` (the admin API), `keepalive_timeout`, `shutdown`, or
-//!   `error` (another reason the broker closed it); `reason_code` is the DISCONNECT's reason
-//!   code, or `null` without one;
-//! - `{"action": "session_subscribed", "clientid", "username", "topic", "opts": {"qos"}}`;
+//!   "connected_at"}`;
+//! - `{"action": "client_disconnected", "clientid", "username", "reason", "reason_code",
+//!   "disconnected_at"}`: `reason` is `normal` (the client sent DISCONNECT), `tcp_closed` (the
+//!   connection ended without one), `takeovered` (another connection took the session),
+//!   `kicked` (the admin API), `keepalive_timeout`, `shutdown`, or `error` (another reason the
+//!   broker closed it); `reason_code` is the DISCONNECT's reason code, or `null` without one;
+//! - `{"action": "session_subscribed", "clientid", "username", "topic", "opts": {"qos", "nl",
+//!   "rap", "rh"}}`;
 //! - `{"action": "session_unsubscribed", "clientid", "username", "topic"}`;
 //! - `{"action": "message_publish", "from_client_id", "from_username", "topic", "qos",
-//!   "retain", "payload", "ts"}` (milliseconds since the epoch; `from_client_id` is `null` for
-//!   a message published in-process);
-//! - `{"action": "message_delivered", "clientid", "username", "from_client_id", "topic",
-//!   "qos", "retain", "payload", "ts"}`: QoS 0 once written, QoS 1 and 2 once acknowledged.
+//!   "retain", "payload", "ts"}` (`from_client_id` is `null` for a message published
+//!   in-process);
+//! - `{"action": "message_delivered", "clientid", "username", "from_client_id",
+//!   "from_username", "topic", "qos", "retain", "payload", "ts"}`: when the client has the
+//!   message: QoS 0 once written, QoS 1 and 2 once acknowledged (EMQX's `message_acked`
+//!   moment). `from_username` is always `null` here: messages do not carry it.
+//!
+//! Differences from EMQX: `ts` is when the event happened, not when the message was published;
+//! `client_connected` has no `keepalive`; a session taken over by a clean start is `takeovered`
+//! too (EMQX says `discarded`). Messages on `$SYS/` topics make no events, as in EMQX.
 //!
 //! A payload is sent as text when it is UTF-8 and `payload_encoding` is `plain`; otherwise in
 //! base64, and the event then says `"payload_encoding": "base64"`.
 //!
-//! Delivery: events wait in a queue bounded in events and in bytes, and one task POSTs them in the order they
-//! happened, over a kept-alive connection. A full queue drops new events (counted, logged once
-//! until the queue drains), so a slow service never holds up a client or grows memory. A
-//! failure to connect, a timeout or a 5xx is retried `retries` times, 0.2 s, 0.4 s... apart; a
-//! 4xx is not retried. Failures are counted and logged with the URL and the status, once per
-//! 10 s at most. At shutdown the broker waits a short while for the queue to empty.
+//! Delivery: events wait in a queue bounded in events and in bytes, and one task POSTs them
+//! in the order they were made, over a kept-alive connection. A message's `message_publish`
+//! is made before it is routed, so it comes before its `message_delivered` events. A full
+//! queue drops new events (counted, logged once until the queue drains), so a slow service
+//! never holds up a client or grows memory. A failure to connect, a timeout or a 5xx is
+//! retried `retries` times, 0.2 s, 0.4 s... apart (at most 30 s); a 4xx is not retried.
+//! Failures are counted and logged with the URL and the status, once per 10 s at most. At
+//! shutdown the broker waits a short while for the queue to empty.
 
 use crate::http_auth::{chain, check_url, http_client, shown};
 use base64::Engine;
@@ -92,6 +103,8 @@ pub struct WebhookSettings {
     /// Further attempts after a failure to connect, a timeout or a 5xx.
     pub retries: u32,
     pub payload_encoding: PayloadEncoding,
+    /// This broker's name in every event (`"node"`).
+    pub node: String,
 }
 
 /// What the webhook did, for `/metrics`.
@@ -114,6 +127,7 @@ pub struct WebhookStats {
 pub struct Webhook {
     queue: mpsc::Sender<Bytes>,
     events: u8,
+    node: Arc<str>,
     encoding: PayloadEncoding,
     max_queued_bytes: u64,
     stats: Arc<WebhookStats>,
@@ -154,6 +168,7 @@ impl Webhook {
             events: settings.events.iter().fold(0, |bits, e| bits | e.bit()),
             encoding: settings.payload_encoding,
             max_queued_bytes: settings.max_queued_bytes as u64,
+            node: settings.node.into(),
             stats,
             dropping,
         })
@@ -182,19 +197,29 @@ impl Webhook {
         self.events & event.bit() != 0
     }
 
-    fn push(&self, body: Value) {
+    fn push(&self, mut body: Value) {
+        body["node"] = self.node.as_ref().into();
         let body = Bytes::from(body.to_string());
         let size = body.len() as u64;
-        self.stats.pending.fetch_add(1, Ordering::AcqRel);
-        let before = self.stats.pending_bytes.fetch_add(size, Ordering::AcqRel);
-        let queued = before + size <= self.max_queued_bytes && self.queue.try_send(body).is_ok();
-        if !queued {
-            self.stats.pending.fetch_sub(1, Ordering::AcqRel);
-            self.stats.pending_bytes.fetch_sub(size, Ordering::AcqRel);
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let stats = &self.stats;
+        // Counted before it is queued, so the sender never counts below zero; taken back if
+        // it is not.
+        stats.pending.fetch_add(1, Ordering::AcqRel);
+        let before = stats.pending_bytes.fetch_add(size, Ordering::AcqRel);
+        let full = if before + size > self.max_queued_bytes {
+            Some("bytes")
+        } else if self.queue.try_send(body).is_err() {
+            Some("events")
+        } else {
+            None
+        };
+        if let Some(limit) = full {
+            stats.pending.fetch_sub(1, Ordering::AcqRel);
+            stats.pending_bytes.fetch_sub(size, Ordering::AcqRel);
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
             if !self.dropping.swap(true, Ordering::Relaxed) {
                 warn!(
-                    queued = self.queue.max_capacity(),
+                    limit,
                     "webhook: the queue is full, dropping events until the service catches up"
                 );
             }
@@ -226,10 +251,17 @@ fn qos(qos: QoS) -> u8 {
     qos as u8
 }
 
-fn since_epoch() -> Duration {
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// `$SYS/` messages are the broker's own reports, not traffic: no events for them.
+fn is_sys(message: &Message) -> bool {
+    message.topic.as_str().starts_with("$SYS/")
 }
 
 /// EMQX's name for why a connection ended, and the reason code if a DISCONNECT carried one.
@@ -239,7 +271,7 @@ fn disconnection(how: Disconnection) -> (&'static str, Option<u8>) {
         Disconnection::ConnectionLost => ("tcp_closed", None),
         Disconnection::Server(code) => {
             let reason = match code {
-                ReasonCode::SESSION_TAKEN_OVER => "takenover",
+                ReasonCode::SESSION_TAKEN_OVER => "takeovered",
                 ReasonCode::ADMINISTRATIVE_ACTION => "kicked",
                 ReasonCode::KEEP_ALIVE_TIMEOUT => "keepalive_timeout",
                 ReasonCode::SERVER_SHUTTING_DOWN => "shutdown",
@@ -266,7 +298,7 @@ impl Hooks for Webhook {
                 Protocol::V3_1_1 => 4,
                 Protocol::V5 => 5,
             },
-            "connected_at": since_epoch().as_secs(),
+            "connected_at": now_ms(),
         }));
     }
 
@@ -281,11 +313,12 @@ impl Hooks for Webhook {
             "username": username(client),
             "reason": reason,
             "reason_code": code,
+            "disconnected_at": now_ms(),
         }));
     }
 
     fn message_published(&self, client: Option<&ClientInfo>, message: &Message) {
-        if !self.wants(Event::MessagePublish) {
+        if !self.wants(Event::MessagePublish) || is_sys(message) {
             return;
         }
         let mut body = json!({
@@ -295,14 +328,14 @@ impl Hooks for Webhook {
             "topic": message.topic.as_str(),
             "qos": qos(message.qos),
             "retain": message.retain,
-            "ts": since_epoch().as_millis() as u64,
+            "ts": now_ms(),
         });
         self.payload(&mut body, &message.payload);
         self.push(body);
     }
 
     fn message_delivered(&self, client: &ClientInfo, message: &Message, delivered_qos: QoS) {
-        if !self.wants(Event::MessageDelivered) {
+        if !self.wants(Event::MessageDelivered) || is_sys(message) {
             return;
         }
         let mut body = json!({
@@ -310,10 +343,11 @@ impl Hooks for Webhook {
             "clientid": client.client_id.as_str(),
             "username": username(client),
             "from_client_id": message.origin.as_ref().map(|o| o.as_str()),
+            "from_username": null,
             "topic": message.topic.as_str(),
             "qos": qos(delivered_qos),
             "retain": message.retain,
-            "ts": since_epoch().as_millis() as u64,
+            "ts": now_ms(),
         });
         self.payload(&mut body, &message.payload);
         self.push(body);
@@ -328,7 +362,12 @@ impl Hooks for Webhook {
             "clientid": client.client_id.as_str(),
             "username": username(client),
             "topic": filter,
-            "opts": {"qos": qos(options.qos)},
+            "opts": {
+                "qos": qos(options.qos),
+                "nl": u8::from(options.no_local),
+                "rap": u8::from(options.retain_as_published),
+                "rh": options.retain_handling as u8,
+            },
         }));
     }
 
@@ -359,6 +398,9 @@ struct Sender {
     unreported_failures: u64,
 }
 
+/// The longest wait between two attempts at one event.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
 /// Failures are logged this often at most.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -383,7 +425,7 @@ impl Sender {
         for attempt in 0..=self.retries {
             if attempt > 0 {
                 tokio::time::sleep(pause).await;
-                pause *= 2;
+                pause = (pause * 2).min(MAX_PAUSE);
             }
             let sent = self
                 .client
@@ -445,6 +487,7 @@ mod tests {
             max_queued_bytes: 4096,
             retries: 0,
             payload_encoding: PayloadEncoding::Plain,
+            node: "test".into(),
         })
         .expect("valid settings");
         let message = Message::new(
@@ -478,7 +521,7 @@ mod tests {
         );
         assert_eq!(
             disconnection(Disconnection::Server(ReasonCode::SESSION_TAKEN_OVER)),
-            ("takenover", Some(0x8E))
+            ("takeovered", Some(0x8E))
         );
         assert_eq!(
             disconnection(Disconnection::Server(ReasonCode::PROTOCOL_ERROR)),

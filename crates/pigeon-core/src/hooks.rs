@@ -39,8 +39,9 @@ pub trait Hooks: Send + Sync + 'static {
     /// The connection of an admitted client ended.
     fn client_disconnected(&self, _client: &ClientInfo, _how: Disconnection) {}
 
-    /// A PUBLISH was accepted for routing (after the ACL). `client` is `None` for messages
-    /// published in-process.
+    /// A PUBLISH was accepted for routing (after the ACL), and is about to be routed: this
+    /// comes before any `message_delivered` of it. `client` is `None` for messages published
+    /// in-process.
     fn message_published(&self, _client: Option<&ClientInfo>, _message: &Message) {}
 
     /// A message reached a subscriber: QoS 0 once written, QoS 1 on PUBACK, QoS 2 on PUBCOMP.

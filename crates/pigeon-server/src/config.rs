@@ -84,7 +84,8 @@ impl Default for WebhookConfig {
 }
 
 impl WebhookConfig {
-    pub fn settings(&self) -> pigeon_backends::webhook::WebhookSettings {
+    /// The webhook's settings; `node` names this broker in every event.
+    pub fn settings(&self, node: &str) -> pigeon_backends::webhook::WebhookSettings {
         let events = if self.events.is_empty() {
             pigeon_backends::webhook::Event::DEFAULT.to_vec()
         } else {
@@ -103,6 +104,7 @@ impl WebhookConfig {
             max_queued_bytes: self.max_queued_bytes,
             retries: self.retries,
             payload_encoding: self.payload_encoding,
+            node: node.to_owned(),
         }
     }
 }
@@ -805,7 +807,8 @@ bind = "127.0.0.1:18083"
 # Events waiting at most, and their bytes (64 MiB); beyond either, new events are dropped.
 # max_queued_events = 10000
 # max_queued_bytes = 67108864
-# Further attempts after a failure to connect, a timeout or a 5xx (0.2 s, 0.4 s... apart).
+# Further attempts after a failure to connect, a timeout or a 5xx (0.2 s, 0.4 s... apart, at
+# most 30 s; 10 at most).
 # retries = 2
 # "plain": UTF-8 payloads as text, others in base64 (marked); "base64": all in base64.
 # payload_encoding = "plain"
@@ -1031,6 +1034,9 @@ impl Config {
     }
 }
 
+/// Most further attempts at one webhook event (about 4.5 minutes of waiting, 30 s apart at most).
+const MAX_WEBHOOK_RETRIES: u32 = 10;
+
 /// `[webhook]`: a URL to POST to, headers HTTP can carry, a queue and a timeout.
 fn check_webhook(config: &Config) -> Result<(), Problem> {
     let Some(webhook) = &config.webhook else {
@@ -1049,6 +1055,14 @@ fn check_webhook(config: &Config) -> Result<(), Problem> {
     }
     if webhook.max_queued_bytes == 0 {
         return Err(with("max_queued_bytes", "must be at least 1".into()));
+    }
+    if webhook.retries > MAX_WEBHOOK_RETRIES {
+        return Err(with(
+            "retries",
+            format!(
+                "at most {MAX_WEBHOOK_RETRIES}: one event's attempts hold up every event after it"
+            ),
+        ));
     }
     Ok(())
 }
@@ -1621,7 +1635,7 @@ queue_qos0 = true
     fn webhook_section_is_checked_at_load() {
         let text = format!("{ONE_LISTENER}[webhook]\nurl = \"http://127.0.0.1:9/e\"\n");
         let config = Config::from_toml_str(&text, "pigeon.toml").expect("valid");
-        let settings = config.webhook.expect("webhook section").settings();
+        let settings = config.webhook.expect("webhook section").settings("n");
         assert_eq!(settings.events, pigeon_backends::webhook::Event::DEFAULT);
         assert_eq!(settings.max_queued_events, 10_000);
         let bad = [

@@ -1271,16 +1271,14 @@ where
                 Some(self.terms.info.client_id.clone()),
             );
             let message = Arc::new(message);
-            let mut outcome = if self.shared.hooks.is_empty() {
-                self.shared.broker.publish(message)
-            } else {
-                let outcome = self.shared.broker.publish(Arc::clone(&message));
+            // The hooks hear of it before any subscriber's task can deliver it.
+            if !self.shared.hooks.is_empty() {
                 let info = &self.terms.info;
                 self.shared
                     .hooks
                     .each(|h| h.message_published(Some(info), &message));
-                outcome
-            };
+            }
+            let mut outcome = self.shared.broker.publish(message);
             wait_for = wait_for.max(outcome.wait_for);
             if let Some(pressure) = outcome.quota_exceeded.backpressure.take() {
                 self.hold_back(pressure);

@@ -142,9 +142,8 @@ impl Shared {
             PublishProperties::default(),
             None,
         ));
-        let outcome = self.broker.publish(Arc::clone(&message));
         self.hooks.each(|h| h.message_published(None, &message));
-        Ok(outcome)
+        Ok(self.broker.publish(message))
     }
 }
 

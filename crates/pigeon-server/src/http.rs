@@ -59,6 +59,8 @@ struct HttpState {
     /// The broker, and the hooks an HTTP publish is told to.
     shared: Arc<Shared>,
     webhook: Option<Arc<WebhookStats>>,
+    /// The dashboard's Content-Security-Policy (`dashboard_policy`).
+    dashboard_policy: HeaderValue,
     /// When the listener started, about when the broker did: the stats' uptime.
     started: std::time::Instant,
 }
@@ -87,6 +89,7 @@ pub(crate) async fn serve(
             .map(|token| format!("Bearer {token}")),
         shared,
         webhook,
+        dashboard_policy: dashboard_policy(),
         started: std::time::Instant::now(),
     });
     // The admin API, behind its token; the layer covers only these routes.
@@ -277,6 +280,22 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
+/// A policy that lets the dashboard run its one inline script, by the script's SHA-256, and
+/// nothing else: no other script, no form target, no frame around it.
+fn dashboard_policy() -> HeaderValue {
+    use sha2::Digest;
+    let script = DASHBOARD
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map_or("", |(script, _)| script);
+    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
+    let policy = format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    );
+    HeaderValue::from_str(&policy).expect("a policy of ASCII text")
+}
+
 /// What the admin API and the dashboard answer without `admin_token`.
 fn admin_off() -> Response {
     (
@@ -343,8 +362,8 @@ async fn api_stats(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 /// The dashboard page, when the admin API is on. Its script and style are inline; the policy
-/// allows nothing else, and no framing (a click on Disconnect cannot be borrowed by another
-/// site).
+/// allows that script (by its hash) and nothing else, and no framing (a click on Disconnect
+/// cannot be borrowed by another site).
 async fn dashboard(State(state): State<Arc<HttpState>>) -> Response {
     if state.admin_authorization.is_none() {
         return admin_off();
@@ -357,10 +376,7 @@ async fn dashboard(State(state): State<Arc<HttpState>>) -> Response {
             ),
             (
                 header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(
-                    "default-src 'none'; script-src 'unsafe-inline'; \
-                     style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
-                ),
+                state.dashboard_policy.clone(),
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
@@ -454,7 +470,11 @@ enum PayloadEncoding {
 }
 
 /// A message ready to publish, or why the request cannot be one.
-fn publish_request(request: PublishRequest) -> Result<(String, Bytes, QoS, bool), String> {
+/// Held to the limits a client's PUBLISH is held to: topic levels, and the packet size.
+fn publish_request(
+    request: PublishRequest,
+    limits: &crate::config::Limits,
+) -> Result<(String, Bytes, QoS, bool), String> {
     let qos = QoS::from_u8(request.qos).ok_or(format!("qos {}: not 0, 1 or 2", request.qos))?;
     if !valid_topic_name(&request.topic) {
         return Err(format!("`{}` is not a valid topic name", request.topic));
@@ -465,6 +485,13 @@ fn publish_request(request: PublishRequest) -> Result<(String, Bytes, QoS, bool)
             request.topic
         ));
     }
+    let levels = request.topic.split('/').count();
+    if levels > limits.max_topic_levels {
+        return Err(format!(
+            "`{}`: {levels} topic levels, over limits.max_topic_levels ({})",
+            request.topic, limits.max_topic_levels
+        ));
+    }
     let payload = match request.payload_encoding {
         PayloadEncoding::Plain => Bytes::from(request.payload),
         PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD
@@ -472,6 +499,13 @@ fn publish_request(request: PublishRequest) -> Result<(String, Bytes, QoS, bool)
             .map(Bytes::from)
             .map_err(|e| format!("payload: not base64 ({e})"))?,
     };
+    if payload.len() + request.topic.len() > limits.max_packet_size as usize {
+        return Err(format!(
+            "{} bytes of payload: over limits.max_packet_size ({})",
+            payload.len(),
+            limits.max_packet_size
+        ));
+    }
     Ok((request.topic, payload, qos, request.retain))
 }
 
@@ -495,7 +529,7 @@ async fn api_publish(State(state): State<Arc<HttpState>>, body: axum::body::Byte
     for (i, item) in items.into_iter().enumerate() {
         let checked = serde_json::from_value(item)
             .map_err(|e| e.to_string())
-            .and_then(publish_request);
+            .and_then(|request| publish_request(request, &state.shared.config.limits));
         match checked {
             Ok(message) => messages.push(message),
             Err(why) if single => return bad(why),
@@ -519,9 +553,17 @@ async fn api_publish(State(state): State<Arc<HttpState>>, body: axum::body::Byte
             Err(e) => return bad(e.to_string()),
         }
     }
-    // What is acknowledged is kept: the answer waits for the store, as a PUBACK does.
+    // What is acknowledged is kept: the answer waits for the store, as a PUBACK does. A store
+    // that stopped (shutdown) cannot say so: 503, and the client may publish again.
     if let Some(mut committed) = broker.committed() {
-        let _ = committed.wait_for(|c| *c >= wait_for).await;
+        if committed.wait_for(|c| *c >= wait_for).await.is_err() {
+            warn!("admin API: the store stopped before the published messages were stored");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store stopped before the messages were stored\n",
+            )
+                .into_response();
+        }
     }
     if single {
         json(results.swap_remove(0))

@@ -222,7 +222,11 @@ impl Server {
         let auth = Arc::new(auth_chain(&config, &extensions)?);
         // The configuration's webhook first, then the hooks written in Rust.
         let webhook = match &config.webhook {
-            Some(w) => Some(Webhook::start(w.settings()).map_err(Error::Webhook)?),
+            Some(w) => {
+                // The cluster's node name, as the events of each node must be told apart.
+                let node = config.cluster.as_ref().map_or("pigeon", |c| &c.node_id);
+                Some(Webhook::start(w.settings(node)).map_err(Error::Webhook)?)
+            }
             None => None,
         };
         let mut all_hooks: Vec<Arc<dyn Hooks>> = Vec::new();

@@ -623,6 +623,15 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
         assert_eq!(status, 400, "{request}: {body}");
         assert!(body.contains(why), "{request}: {body}");
     }
+    // The limits of a client's PUBLISH hold here too (128 topic levels by default).
+    let deep = format!(r#"{{"topic": "{}"}}"#, vec!["l"; 129].join("/"));
+    let (status, body) =
+        common::http_with_body(api, "POST", "/api/v1/publish", Some(TOKEN), &deep).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("129 topic levels, over limits.max_topic_levels (128)"),
+        "{body}"
+    );
     alice.expect_silence(Duration::from_millis(100)).await;
     let (status, _) = common::http_with_body(
         api,
