@@ -26,6 +26,8 @@
 //! `client_connected` has no `keepalive`; a session taken over by a clean start is `takeovered`
 //! too (EMQX says `discarded`). Messages on `$SYS/` topics make no events, as in EMQX.
 //!
+//! With `topics`, the message events are sent only for topics one of those filters matches.
+//!
 //! A payload is sent as text when it is UTF-8 and `payload_encoding` is `plain`; otherwise in
 //! base64, and the event then says `"payload_encoding": "base64"`.
 //!
@@ -41,6 +43,7 @@
 use crate::http_auth::{chain, check_url, http_client, shown};
 use base64::Engine;
 use bytes::Bytes;
+use pigeon_codec::topic::matches;
 use pigeon_codec::{Protocol, QoS, ReasonCode, SubscriptionOptions};
 use pigeon_core::auth::ClientInfo;
 use pigeon_core::hooks::{Disconnection, Hooks};
@@ -92,6 +95,9 @@ pub enum PayloadEncoding {
 pub struct WebhookSettings {
     pub url: String,
     pub events: Vec<Event>,
+    /// Topic filters: the message events are sent only for topics one of them matches; empty:
+    /// for every topic.
+    pub topics: Vec<String>,
     /// Sent with every request (an `Authorization` header, for instance).
     pub headers: Vec<(String, String)>,
     /// Longest wait for one answer, connection included.
@@ -127,6 +133,7 @@ pub struct WebhookStats {
 pub struct Webhook {
     queue: mpsc::Sender<Bytes>,
     events: u8,
+    topics: Arc<[String]>,
     node: Arc<str>,
     encoding: PayloadEncoding,
     max_queued_bytes: u64,
@@ -169,6 +176,7 @@ impl Webhook {
             encoding: settings.payload_encoding,
             max_queued_bytes: settings.max_queued_bytes as u64,
             node: settings.node.into(),
+            topics: settings.topics.into(),
             stats,
             dropping,
         })
@@ -264,6 +272,17 @@ fn is_sys(message: &Message) -> bool {
     message.topic.as_str().starts_with("$SYS/")
 }
 
+impl Webhook {
+    /// Whether `event` is wanted for `message`: not a `$SYS` report, and on a topic that
+    /// `topics` lets through.
+    fn wants_message(&self, event: Event, message: &Message) -> bool {
+        let topic = message.topic.as_str();
+        self.wants(event)
+            && !is_sys(message)
+            && (self.topics.is_empty() || self.topics.iter().any(|f| matches(f, topic)))
+    }
+}
+
 /// EMQX's name for why a connection ended, and the reason code if a DISCONNECT carried one.
 fn disconnection(how: Disconnection) -> (&'static str, Option<u8>) {
     match how {
@@ -318,7 +337,7 @@ impl Hooks for Webhook {
     }
 
     fn message_published(&self, client: Option<&ClientInfo>, message: &Message) {
-        if !self.wants(Event::MessagePublish) || is_sys(message) {
+        if !self.wants_message(Event::MessagePublish, message) {
             return;
         }
         let mut body = json!({
@@ -335,7 +354,7 @@ impl Hooks for Webhook {
     }
 
     fn message_delivered(&self, client: &ClientInfo, message: &Message, delivered_qos: QoS) {
-        if !self.wants(Event::MessageDelivered) || is_sys(message) {
+        if !self.wants_message(Event::MessageDelivered, message) {
             return;
         }
         let mut body = json!({
@@ -481,6 +500,7 @@ mod tests {
         let webhook = Webhook::start(WebhookSettings {
             url: "http://127.0.0.1:9/".into(),
             events: vec![Event::MessagePublish],
+            topics: Vec::new(),
             headers: Vec::new(),
             timeout: Duration::from_secs(1),
             max_queued_events: 1000,

@@ -55,6 +55,8 @@ pub struct WebhookConfig {
     pub url: String,
     /// Which events; empty: those of clients and sessions (`Event::DEFAULT`).
     pub events: Vec<pigeon_backends::webhook::Event>,
+    /// Topic filters the message events are limited to; empty: every topic.
+    pub topics: Vec<String>,
     /// Sent with every request.
     pub headers: std::collections::BTreeMap<String, String>,
     /// Longest wait for one answer, connection included.
@@ -73,6 +75,7 @@ impl Default for WebhookConfig {
         WebhookConfig {
             url: String::new(),
             events: Vec::new(),
+            topics: Vec::new(),
             headers: std::collections::BTreeMap::new(),
             timeout_ms: 5000,
             max_queued_events: 10_000,
@@ -94,6 +97,7 @@ impl WebhookConfig {
         pigeon_backends::webhook::WebhookSettings {
             url: self.url.clone(),
             events,
+            topics: self.topics.clone(),
             headers: self
                 .headers
                 .iter()
@@ -802,6 +806,8 @@ bind = "127.0.0.1:18083"
 # message_publish, message_delivered; empty: the first four. Each message event is a request
 # per message.
 # events = []
+# Topic filters the message events are sent for; empty: every topic.
+# topics = ["chat/#"]
 # headers = { Authorization = "Bearer change-me" }
 # timeout_ms = 5000
 # Events waiting at most, and their bytes (64 MiB); beyond either, new events are dropped.
@@ -1046,6 +1052,15 @@ fn check_webhook(config: &Config) -> Result<(), Problem> {
     pigeon_backends::http_auth::check_url(&webhook.url).map_err(|e| with("url", e))?;
     for (name, value) in &webhook.headers {
         pigeon_backends::http_auth::check_header(name, value).map_err(|e| with("headers", e))?;
+    }
+    for filter in &webhook.topics {
+        let shared = filter.starts_with("$share/");
+        if shared || !pigeon_codec::topic::valid_topic_filter(filter) {
+            return Err(with(
+                "topics",
+                format!("`{filter}` is not a topic filter (such as \"chat/#\"; no $share)"),
+            ));
+        }
     }
     if webhook.timeout_ms == 0 {
         return Err(with("timeout_ms", "must be at least 1".into()));
@@ -1643,6 +1658,11 @@ queue_qos0 = true
                 "url = \"ftp://x/\"",
                 "[webhook] url: ",
                 "not an http:// or https:// URL",
+            ),
+            (
+                "url = \"http://x/\"\ntopics = [\"a/#/b\"]",
+                "[webhook] topics: ",
+                "`a/#/b` is not a topic filter",
             ),
             (
                 "url = \"http://x/\"\nevents = [\"message_sent\"]",

@@ -759,7 +759,8 @@ fn steady(mut event: Value) -> Value {
 }
 
 /// `[webhook]`: each event of a client's life reaches the user's service as a JSON POST in
-/// EMQX's form, with the configured header, in the order it happened.
+/// EMQX's form, with the configured header, in the order it happened; message events only for
+/// the configured topics, and none for `$SYS` reports.
 #[tokio::test]
 async fn webhook_posts_client_session_and_message_events() {
     use pigeon_backends::webhook::Event;
@@ -775,6 +776,7 @@ async fn webhook_posts_client_session_and_message_events() {
                 Event::MessagePublish,
                 Event::MessageDelivered,
             ],
+            topics: vec!["t/#".to_owned()],
             headers: [("Authorization".to_owned(), "Bearer hook".to_owned())].into(),
             ..Default::default()
         });
@@ -801,6 +803,8 @@ async fn webhook_posts_client_session_and_message_events() {
     .await;
     let second = next_publish(&mut sub).await;
     assert_eq!(&second.payload[..], &[0xff, 0x00]);
+    // Outside `topics`: no message event.
+    publish_q1(&mut publisher, "other/x", b"not for the hook").await;
     unsubscribe(&mut sub, &["t/#"]).await;
     sub.send(&Packet::Disconnect(Default::default())).await;
     drop(publisher);
