@@ -3,8 +3,8 @@
 // HTTP listener ([http] static_dir). Each page subscribes, publishes, and must receive the
 // messages of the other page and of a TCP client (MQTT.js in node); the check runs in the page
 // and a screenshot of each page is saved. Then the admin dashboard ([http] admin_token) must
-// refuse a wrong token, list the three clients, show one's subscription, and disconnect the TCP
-// client at a click.
+// refuse a wrong token, list the three clients, filter them, show one's subscription, and
+// disconnect the TCP client at a click.
 // Exits non-zero on any failure.
 //
 // Environment: PIGEON_BIN (default target/debug/pigeon), PIGEON_BROWSER_OUT (screenshots and
@@ -236,6 +236,13 @@ async function checkDashboard(context, httpPort, tcpClient) {
     await tab.locator('.card', { hasText: 'connections' }).locator('b', { hasText: /^3$/ })
       .waitFor({ timeout: STEP_MS });
   });
+  await step('filter by client id (on the server)', async () => {
+    await tab.fill('#filter', 'paho');
+    await tab.locator('tr[data-client-id="browser-mqttjs"]').waitFor({ state: 'detached', timeout: STEP_MS });
+    await tab.locator('tr[data-client-id="browser-paho"]').waitFor({ timeout: STEP_MS });
+    await tab.fill('#filter', '');
+    await tab.locator('tr[data-client-id="browser-mqttjs"]').waitFor({ timeout: STEP_MS });
+  });
   await step('show a session', async () => {
     await tab.locator('tr[data-client-id="browser-mqttjs"] td.id button').click();
     await tab.locator('#detail dd[data-field="subscriptions"]', { hasText: 'browser/room/# (QoS 1)' })
@@ -250,7 +257,7 @@ async function checkDashboard(context, httpPort, tcpClient) {
     await tab.locator('tr[data-client-id="tcp-node"]').waitFor({ state: 'detached', timeout: STEP_MS });
     await tab.locator('#status', { hasText: 'Disconnected tcp-node' }).waitFor({ timeout: STEP_MS });
   });
-  console.log(`dashboard: wrong token refused, 3 clients listed, a session shown, tcp-node disconnected; screenshot ${shot}`);
+  console.log(`dashboard: wrong token refused, 3 clients listed and filtered, a session shown, tcp-node disconnected; screenshot ${shot}`);
   await tab.close();
 }
 

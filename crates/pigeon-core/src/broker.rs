@@ -61,6 +61,27 @@ pub struct ConnectionHandle {
     pub control: ControlSender,
 }
 
+/// Which sessions `Broker::clients` lists.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientQuery<'a> {
+    /// Only ids that sort after this one (the last id of the page before).
+    pub after: Option<&'a str>,
+    /// Only ids that hold this text ("" for all).
+    pub contains: &'a str,
+    pub limit: usize,
+}
+
+/// A page of sessions (`Broker::clients`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPage {
+    /// Client ids in order, each with whether a connection is attached.
+    pub clients: Vec<(ByteStr, bool)>,
+    /// Sessions in all.
+    pub total: usize,
+    /// More sessions match after the last one listed.
+    pub more: bool,
+}
+
 /// One session as the admin API shows it (`Broker::client`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientDetail {
@@ -571,22 +592,37 @@ impl Broker {
         lock(&self.registry).len()
     }
 
-    /// The sessions' client ids, in order, each with whether a connection is attached: the
-    /// first `limit` of them, and how many there are. The ids are copied out under the lock
-    /// (each a reference count) and sorted after it.
-    pub fn clients(&self, limit: usize) -> (Vec<(ByteStr, bool)>, usize) {
-        let mut all: Vec<(ByteStr, bool)> = {
+    /// A page of the sessions, by client id: those whose id holds `contains` and sorts after
+    /// `after`, the first `limit` of them in order, each with whether a connection is attached.
+    /// The ids are copied out under the lock (each a reference count); only the page is sorted.
+    pub fn clients(&self, query: &ClientQuery<'_>) -> ClientPage {
+        let (mut listed, total) = {
             let registry = lock(&self.registry);
-            registry
+            let listed: Vec<(ByteStr, bool)> = registry
                 .map
                 .iter()
+                .filter(|(key, _)| {
+                    let id = key.0.client_id().as_str();
+                    id.contains(query.contains) && query.after.is_none_or(|after| id > after)
+                })
                 .map(|(key, connection)| (key.0.client_id().clone(), connection.is_some()))
-                .collect()
+                .collect();
+            (listed, registry.len())
         };
-        let total = all.len();
-        all.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        all.truncate(limit);
-        (all, total)
+        let matched = listed.len();
+        let by_id = |a: &(ByteStr, bool), b: &(ByteStr, bool)| a.0.as_str().cmp(b.0.as_str());
+        if listed.len() > query.limit {
+            if query.limit > 0 {
+                listed.select_nth_unstable_by(query.limit - 1, by_id);
+            }
+            listed.truncate(query.limit);
+        }
+        listed.sort_unstable_by(by_id);
+        ClientPage {
+            more: matched > listed.len(),
+            clients: listed,
+            total,
+        }
     }
 
     /// `client_id`'s session here, if it has one: whether a connection is attached, its
@@ -1626,5 +1662,66 @@ impl Drop for Targets {
             self.many.clear();
             TARGETS.set(std::mem::take(&mut self.many));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::control_channel;
+
+    /// Pages of any size, read one after the other, list every session once and in order;
+    /// `contains` narrows them.
+    #[tokio::test]
+    async fn client_pages_cover_every_session_in_order() {
+        let broker = Broker::new(BrokerSettings::default());
+        let mut lines = Vec::new();
+        let mut ids: Vec<String> = (0..50).map(|i| format!("c{:02}", (i * 37) % 50)).collect();
+        for id in &ids {
+            let (tx, rx) = control_channel();
+            let handle = ConnectionHandle { control: tx };
+            broker
+                .attach(ByteStr::from(id.as_str()), false, 60, None, handle)
+                .await;
+            lines.push(rx);
+        }
+        ids.sort();
+        for limit in [1, 7, 49, 50, 51] {
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = broker.clients(&ClientQuery {
+                    after: after.as_deref(),
+                    contains: "",
+                    limit,
+                });
+                assert_eq!(page.total, 50);
+                assert!(page.clients.len() <= limit);
+                assert!(page.clients.iter().all(|(_, connected)| *connected));
+                seen.extend(page.clients.iter().map(|(id, _)| id.as_str().to_owned()));
+                if !page.more {
+                    break;
+                }
+                after = seen.last().cloned();
+            }
+            assert_eq!(seen, ids, "limit {limit}");
+        }
+        let page = broker.clients(&ClientQuery {
+            after: Some("c10"),
+            contains: "1",
+            limit: 100,
+        });
+        let listed: Vec<&str> = page.clients.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            listed,
+            ["c11", "c12", "c13", "c14", "c15", "c16", "c17", "c18", "c19", "c21", "c31", "c41"]
+        );
+        assert!(!page.more);
+        let none = broker.clients(&ClientQuery {
+            after: None,
+            contains: "",
+            limit: 0,
+        });
+        assert!(none.clients.is_empty() && none.more);
     }
 }

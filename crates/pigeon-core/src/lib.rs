@@ -33,8 +33,8 @@ pub use auth::{
     ClientInfo, ConnectRequest, Reason, Refused, Verdict,
 };
 pub use broker::{
-    Broker, BrokerSettings, ClientDetail, ConnectionHandle, Departure, PublishOutcome,
-    SubscribeResult,
+    Broker, BrokerSettings, ClientDetail, ClientPage, ClientQuery, ConnectionHandle, Departure,
+    PublishOutcome, SubscribeResult,
 };
 pub use cluster::{BusBacklog, ClusterBus, SharedSessions};
 pub use control::{control_channel, Control, ControlReceiver, ControlSender};

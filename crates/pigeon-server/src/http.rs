@@ -4,8 +4,10 @@
 //!
 //! - `GET /api/v1/stats`: the figures of `/metrics` as one JSON object, without the `pigeon_`
 //!   prefix and `_total` suffix.
-//! - `GET /api/v1/clients?limit=N`: `{"total": T, "clients": [{"client_id", "connected"}]}`,
-//!   the first N (default 1000) sessions by client id.
+//! - `GET /api/v1/clients?limit=N&after=ID&contains=TEXT`: `{"total": T, "clients":
+//!   [{"client_id", "connected"}], "next": ID or null}`, the first N (default 1000) sessions by
+//!   client id, of those whose id holds TEXT and sorts after ID; `next` is the `after` of the
+//!   next page while more remain.
 //! - `GET /api/v1/clients/{client_id}`: one session, or 404: whether it is connected, its
 //!   Session Expiry Interval, subscriptions (filter and options), the messages queued for it
 //!   (and their bytes, topic and payload) and those in flight.
@@ -40,6 +42,7 @@ use bytes::Bytes;
 use pigeon_backends::webhook::WebhookStats;
 use pigeon_codec::topic::valid_topic_name;
 use pigeon_codec::{QoS, ReasonCode};
+use pigeon_core::ClientQuery;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -386,15 +389,26 @@ async fn dashboard(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn api_clients(State(state): State<Arc<HttpState>>, RawQuery(query): RawQuery) -> Response {
+    let bad = |why: String| (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
     let mut limit = DEFAULT_CLIENT_LIMIT;
+    let mut after = None;
+    let mut contains = String::new();
     for pair in query.as_deref().unwrap_or_default().split('&') {
         match pair.split_once('=') {
             Some(("limit", n)) => match n.parse() {
                 Ok(n) => limit = n,
-                Err(_) => {
-                    return (StatusCode::BAD_REQUEST, "limit: not a number\n").into_response()
-                }
+                Err(_) => return bad("limit: not a number".into()),
             },
+            Some((key @ ("after" | "contains"), value)) => {
+                let Some(value) = percent_decoded(value) else {
+                    return bad(format!("{key}: not percent-encoded UTF-8"));
+                };
+                if key == "after" {
+                    after = Some(value);
+                } else {
+                    contains = value;
+                }
+            }
             _ if pair.is_empty() => {}
             _ => {
                 return (
@@ -405,14 +419,42 @@ async fn api_clients(State(state): State<Arc<HttpState>>, RawQuery(query): RawQu
             }
         }
     }
-    let (clients, total) = state.shared.broker.clients(limit);
-    let clients: Vec<serde_json::Value> = clients
+    let page = state.shared.broker.clients(&ClientQuery {
+        after: after.as_deref(),
+        contains: &contains,
+        limit,
+    });
+    let next = match (page.more, page.clients.last()) {
+        (true, Some((last, _))) => serde_json::Value::from(last.as_str()),
+        _ => serde_json::Value::Null,
+    };
+    let clients: Vec<serde_json::Value> = page
+        .clients
         .into_iter()
         .map(|(client_id, connected)| {
             serde_json::json!({ "client_id": client_id.as_str(), "connected": connected })
         })
         .collect();
-    json(serde_json::json!({ "total": total, "clients": clients }))
+    json(serde_json::json!({ "total": page.total, "clients": clients, "next": next }))
+}
+
+/// A query string value: `+` is a space, `%XX` a byte; `None` unless the bytes are UTF-8.
+fn percent_decoded(value: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(value.len());
+    let mut rest = value.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(rest.get(..2)?).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &rest[2..];
+            }
+            _ => bytes.push(b),
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 async fn api_client(
@@ -710,6 +752,15 @@ mod tests {
         assert_eq!(safe_relative(".git/config"), None);
         assert_eq!(safe_relative("a\\..\\b"), None);
         assert_eq!(safe_relative("a\0b"), None);
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decoded("a%2Fb+c").as_deref(), Some("a/b c"));
+        assert_eq!(percent_decoded("%E4%BD%A0").as_deref(), Some("\u{4f60}"));
+        assert_eq!(percent_decoded("%zz"), None);
+        assert_eq!(percent_decoded("%4"), None);
+        assert_eq!(percent_decoded("%FF"), None);
     }
 
     #[test]

@@ -534,10 +534,36 @@ async fn admin_api_lists_sessions_and_disconnects_a_client() {
         serde_json::json!({"total": 2, "clients": [
             {"client_id": "alice", "connected": true},
             {"client_id": "keeper", "connected": true},
-        ]})
+        ], "next": null})
     );
-    let (_, body) = common::http(api, "GET", "/api/v1/clients?limit=1", Some(TOKEN)).await;
-    assert_eq!(json(&body)["clients"].as_array().map(Vec::len), Some(1));
+    // Page by page, and filtered by a part of the id.
+    let page = |query: &'static str| async move {
+        let path = format!("/api/v1/clients?{query}");
+        let (status, body) = common::http(api, "GET", &path, Some(TOKEN)).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let page = json(&body);
+        let ids: Vec<String> = page["clients"]
+            .as_array()
+            .expect("clients")
+            .iter()
+            .map(|c| c["client_id"].as_str().expect("id").to_owned())
+            .collect();
+        (ids, page["next"].clone())
+    };
+    assert_eq!(
+        page("limit=1").await,
+        (vec!["alice".into()], "alice".into())
+    );
+    assert_eq!(
+        page("limit=1&after=alice").await,
+        (vec!["keeper".into()], serde_json::Value::Null)
+    );
+    assert_eq!(
+        page("contains=e%65p").await,
+        (vec!["keeper".into()], serde_json::Value::Null)
+    );
+    let (status, _) = common::http(api, "GET", "/api/v1/clients?after=%FF", Some(TOKEN)).await;
+    assert_eq!(status, 400);
     let (_, body) = common::http(api, "GET", "/api/v1/stats", Some(TOKEN)).await;
     let stats = json(&body);
     assert_eq!(stats["sessions"], 2, "{body}");
