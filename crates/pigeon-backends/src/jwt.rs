@@ -380,6 +380,7 @@ mod tests {
             username: None,
             peer: "127.0.0.1:9".parse().expect("addr"),
             protocol: Protocol::V5,
+            keep_alive: 60,
             listener: None,
             certificate_identity: None,
             superuser: false,

@@ -425,6 +425,7 @@ mod tests {
             username: Some(username.into()),
             peer: "127.0.0.1:1".parse().expect("addr"),
             protocol: Protocol::V5,
+            keep_alive: 60,
             listener: None,
             certificate_identity: None,
             superuser: false,

@@ -4,8 +4,8 @@
 //!
 //! Bodies (every one has `"node"`; `username` and `from_username` are `null` when unknown;
 //! times are milliseconds since the epoch):
-//! - `{"action": "client_connected", "clientid", "username", "ipaddress", "port", "proto_ver",
-//!   "connected_at"}`;
+//! - `{"action": "client_connected", "clientid", "username", "ipaddress", "port", "keepalive",
+//!   "proto_ver", "connected_at"}`;
 //! - `{"action": "client_disconnected", "clientid", "username", "reason", "reason_code",
 //!   "disconnected_at"}`: `reason` is `normal` (the client sent DISCONNECT), `tcp_closed` (the
 //!   connection ended without one), `takeovered` (another connection took the session),
@@ -23,8 +23,8 @@
 //!   moment). `from_username` is always `null` here: messages do not carry it.
 //!
 //! Differences from EMQX: `ts` is when the event happened, not when the message was published;
-//! `client_connected` has no `keepalive`; a session taken over by a clean start is `takeovered`
-//! too (EMQX says `discarded`). Messages on `$SYS/` topics make no events, as in EMQX.
+//! a session taken over by a clean start is `takeovered` too (EMQX says `discarded`). Messages
+//! on `$SYS/` topics make no events, as in EMQX.
 //!
 //! With `topics`, the message events are sent only for topics one of those filters matches.
 //!
@@ -312,6 +312,7 @@ impl Hooks for Webhook {
             "username": username(client),
             "ipaddress": client.peer.ip().to_string(),
             "port": client.peer.port(),
+            "keepalive": client.keep_alive,
             "proto_ver": match client.protocol {
                 Protocol::V3_1 => 3,
                 Protocol::V3_1_1 => 4,

@@ -183,6 +183,9 @@ pub struct ClientInfo {
     pub username: Option<ByteStr>,
     pub peer: SocketAddr,
     pub protocol: Protocol,
+    /// The keep alive in force, in seconds: the client's, or the server's where it lowered it
+    /// (0: none). It fits in the struct's padding: the size stays 128 bytes.
+    pub keep_alive: u16,
     /// The local address of the listener, one copy for all of its connections; `None` for the
     /// in-process client of an embedded broker.
     pub listener: Option<Arc<SocketAddr>>,
@@ -191,6 +194,10 @@ pub struct ClientInfo {
     /// Skips the authorizers.
     pub superuser: bool,
 }
+
+// Every connection holds one: a field more must fit in the padding (see `keep_alive`).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<ClientInfo>() <= 128);
 
 /// What a client asks to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -558,6 +565,7 @@ mod tests {
             username: Some("u".into()),
             peer: "127.0.0.1:1".parse().expect("addr"),
             protocol: Protocol::V5,
+            keep_alive: 60,
             listener: None,
             certificate_identity: None,
             superuser,

@@ -751,6 +751,7 @@ where
         username: username.clone(),
         peer,
         protocol,
+        keep_alive,
         listener,
         certificate_identity,
         superuser,

@@ -824,7 +824,7 @@ async fn webhook_posts_client_session_and_message_events() {
         of("hook-sub"),
         vec![
             json!({"action": "client_connected", "clientid": "hook-sub", "username": null,
-                   "ipaddress": "127.0.0.1", "proto_ver": 5, "node": "pigeon"}),
+                   "ipaddress": "127.0.0.1", "keepalive": 60, "proto_ver": 5, "node": "pigeon"}),
             json!({"action": "session_subscribed", "clientid": "hook-sub", "username": null,
                    "topic": "t/#", "opts": {"qos": 1, "nl": 0, "rap": 0, "rh": 0}, "node": "pigeon"}),
             json!({"action": "message_delivered", "clientid": "hook-sub", "username": null,
@@ -844,7 +844,7 @@ async fn webhook_posts_client_session_and_message_events() {
         of("sys-watch"),
         vec![
             json!({"action": "client_connected", "clientid": "sys-watch", "username": null,
-                   "ipaddress": "127.0.0.1", "proto_ver": 5, "node": "pigeon"}),
+                   "ipaddress": "127.0.0.1", "keepalive": 60, "proto_ver": 5, "node": "pigeon"}),
             json!({"action": "session_subscribed", "clientid": "sys-watch", "username": null,
                    "topic": "$SYS/broker/uptime", "opts": {"qos": 0, "nl": 0, "rap": 0, "rh": 0},
                    "node": "pigeon"}),
@@ -858,7 +858,7 @@ async fn webhook_posts_client_session_and_message_events() {
         published,
         vec![
             json!({"action": "client_connected", "clientid": "hook-pub", "username": "alice",
-                   "ipaddress": "127.0.0.1", "proto_ver": 4, "node": "pigeon"}),
+                   "ipaddress": "127.0.0.1", "keepalive": 60, "proto_ver": 4, "node": "pigeon"}),
             json!({"action": "message_publish", "from_client_id": "hook-pub",
                    "from_username": "alice", "topic": "t/1", "qos": 1, "retain": false,
                    "payload": "hello", "node": "pigeon"}),
