@@ -82,10 +82,11 @@ impl Event {
     }
 }
 
+/// How a payload is written in JSON: the webhook's events, and the admin API's publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PayloadEncoding {
-    /// UTF-8 payloads as text, others in base64.
+    /// As text (the webhook sends a payload that is not UTF-8 in base64, marked).
     #[default]
     Plain,
     Base64,

@@ -225,6 +225,8 @@ pub struct Broker {
     shutting_down: AtomicBool,
     /// Every connection's keep alive; the server ticks it.
     keep_alive: KeepAlive,
+    /// When the broker was made: its uptime (`$SYS`, the admin API).
+    started: std::time::Instant,
     pub stats: Stats,
 }
 
@@ -341,6 +343,7 @@ impl Broker {
             capturing: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             keep_alive: KeepAlive::new(),
+            started: std::time::Instant::now(),
             stats: Stats::default(),
         }
     }
@@ -585,6 +588,11 @@ impl Broker {
 
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How long the broker has been up.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Number of sessions, connected or not.

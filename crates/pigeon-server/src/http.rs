@@ -39,7 +39,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
 use bytes::Bytes;
-use pigeon_backends::webhook::WebhookStats;
+use pigeon_backends::webhook::{PayloadEncoding, WebhookStats};
 use pigeon_codec::topic::valid_topic_name;
 use pigeon_codec::{QoS, ReasonCode};
 use pigeon_core::ClientQuery;
@@ -64,8 +64,6 @@ struct HttpState {
     webhook: Option<Arc<WebhookStats>>,
     /// The dashboard's Content-Security-Policy (`dashboard_policy`).
     dashboard_policy: HeaderValue,
-    /// When the listener started, about when the broker did: the stats' uptime.
-    started: std::time::Instant,
 }
 
 /// The admin dashboard, one self-contained page.
@@ -93,7 +91,6 @@ pub(crate) async fn serve(
         shared,
         webhook,
         dashboard_policy: dashboard_policy(),
-        started: std::time::Instant::now(),
     });
     // The admin API, behind its token; the layer covers only these routes.
     let api = Router::new()
@@ -359,7 +356,7 @@ async fn api_stats(State(state): State<Arc<HttpState>>) -> Response {
     stats.insert("version".into(), env!("CARGO_PKG_VERSION").into());
     stats.insert(
         "uptime_seconds".into(),
-        state.started.elapsed().as_secs().into(),
+        state.shared.broker.uptime().as_secs().into(),
     );
     json(stats.into())
 }
@@ -439,6 +436,8 @@ async fn api_clients(State(state): State<Arc<HttpState>>, RawQuery(query): RawQu
 }
 
 /// A query string value: `+` is a space, `%XX` a byte; `None` unless the bytes are UTF-8.
+/// Strict where the `percent-encoding` crate is lenient: a `%` without two hex digits is an
+/// error, not a literal.
 fn percent_decoded(value: &str) -> Option<String> {
     let mut bytes = Vec::with_capacity(value.len());
     let mut rest = value.as_bytes();
@@ -447,8 +446,11 @@ fn percent_decoded(value: &str) -> Option<String> {
         match b {
             b'+' => bytes.push(b' '),
             b'%' => {
-                let hex = std::str::from_utf8(rest.get(..2)?).ok()?;
-                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits: `from_str_radix` alone would take a sign too ("%+1").
+                let hex = rest
+                    .get(..2)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                bytes.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 rest = &rest[2..];
             }
             _ => bytes.push(b),
@@ -501,14 +503,6 @@ struct PublishRequest {
     retain: bool,
     #[serde(default)]
     payload_encoding: PayloadEncoding,
-}
-
-#[derive(serde::Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum PayloadEncoding {
-    #[default]
-    Plain,
-    Base64,
 }
 
 /// A message ready to publish, or why the request cannot be one.
@@ -760,6 +754,7 @@ mod tests {
         assert_eq!(percent_decoded("%E4%BD%A0").as_deref(), Some("\u{4f60}"));
         assert_eq!(percent_decoded("%zz"), None);
         assert_eq!(percent_decoded("%4"), None);
+        assert_eq!(percent_decoded("%+1"), None);
         assert_eq!(percent_decoded("%FF"), None);
     }
 

@@ -8,7 +8,7 @@ use pigeon_codec::{ByteStr, QoS};
 use pigeon_core::{Broker, Message};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 const UPTIME: &str = "$SYS/broker/uptime";
@@ -19,7 +19,6 @@ pub(crate) async fn publish_every(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let started = Instant::now();
     // The last value of each topic, in `figures`' order.
     let mut last: Vec<String> = Vec::new();
     publish(
@@ -34,7 +33,7 @@ pub(crate) async fn publish_every(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let now = figures(&broker, started);
+        let now = figures(&broker);
         for (i, (topic, value)) in now.iter().enumerate() {
             if *topic != UPTIME && last.get(i) == Some(value) {
                 continue;
@@ -46,13 +45,13 @@ pub(crate) async fn publish_every(
 }
 
 /// Each topic and its value now.
-fn figures(broker: &Broker, started: Instant) -> Vec<(&'static str, String)> {
+fn figures(broker: &Broker) -> Vec<(&'static str, String)> {
     let stats = &broker.stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let connected = get(&stats.connections_current);
     let sessions = broker.session_count() as u64;
     vec![
-        (UPTIME, format!("{} seconds", started.elapsed().as_secs())),
+        (UPTIME, format!("{} seconds", broker.uptime().as_secs())),
         ("$SYS/broker/clients/connected", connected.to_string()),
         (
             "$SYS/broker/clients/disconnected",
