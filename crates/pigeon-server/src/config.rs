@@ -765,14 +765,15 @@ queue_qos0 = false
 # subscriptions, retained messages), as mosquitto publishes them; 0 publishes none.
 sys_interval = 10
 
-# The HTTP listener: GET /health, a small index at /, and static files. With a config file it
-# runs only if this section is present.
+# The HTTP listener: GET /health, Prometheus metrics at /metrics, a small index at /, and static
+# files. With a config file it runs only if this section is present.
 [http]
 bind = "127.0.0.1:18083"
 # Serve the files under this directory (index.html for a directory); unset serves none.
 # static_dir = "./public"
-# Turns on the admin API under /api/v1/ (stats, clients, disconnecting a client) for requests
-# with the header `Authorization: Bearer <admin_token>`; unset, the API answers 404.
+# Turns on the admin API under /api/v1/ (stats, sessions and their detail, disconnecting a
+# client, publishing) for requests with the header `Authorization: Bearer <admin_token>`, and
+# the dashboard at /dashboard, which asks for the token; unset, both answer 404.
 # admin_token = "a long random string"
 
 # Several nodes on one Redis (docs/cluster.md). Each message a client publishes goes to Redis
