@@ -508,8 +508,9 @@ struct Terms {
     /// Will message, and its delay in seconds.
     will: Option<Arc<Message>>,
     will_delay: u32,
-    /// Changed by a 5.0 DISCONNECT.
-    session_expiry: u32,
+    /// The Session Expiry Interval the client asked for in CONNECT, before `max_session_expiry`
+    /// lowers it: a DISCONNECT may set one only when this is not 0.
+    requested_expiry: u32,
 }
 
 // One heap block per connection: 144 bytes fill a 160-byte malloc chunk.
@@ -791,7 +792,7 @@ where
             info,
             will_delay: will.as_ref().map_or(0, |(_, delay)| *delay),
             will: will.map(|(message, _)| message),
-            session_expiry,
+            requested_expiry,
         }),
         client_disconnect: None,
         rare: None,
@@ -814,7 +815,8 @@ where
         }
     }
     let ack = ConnAck {
-        session_present: present,
+        // 3.1's CONNACK has no Session Present flag: that byte is reserved there.
+        session_present: present && protocol != Protocol::V3_1,
         code: ReasonCode::SUCCESS,
         properties,
     };
@@ -1165,6 +1167,12 @@ where
 
     async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
         let config = &self.shared.config;
+        if !p.properties.subscription_identifiers.is_empty() {
+            warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer,
+                "PUBLISH from a client carries a Subscription Identifier [MQTT-3.3.4-6]; closing"
+            );
+            return Err(Close::error(ReasonCode::PROTOCOL_ERROR));
+        }
         // Topic alias (5.0 section 3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias {
             let max = usize::from(config.mqtt.topic_alias_maximum);
@@ -1356,8 +1364,10 @@ where
         let known = match state.inflight_mut(r.packet_id) {
             Some(o) if o.stage == OutStage::Published && o.delivery.qos == QoS::ExactlyOnce => {
                 if r.reason.is_error() {
-                    // The receiver refused it: the exchange ends (MQTT-4.3.3-? 5.0 4.3.3).
-                    state.take_inflight(r.packet_id, OutStage::Published);
+                    // The receiver refused it: the exchange ends, and the message is not sent
+                    // again, after a restart either [MQTT-4.4.0-2].
+                    drop(state);
+                    self.acknowledged(r.packet_id, OutStage::Published);
                     return;
                 }
                 o.stage = OutStage::Released;
@@ -1503,22 +1513,26 @@ where
 
     fn on_disconnect(&mut self, d: Disconnect) -> Close {
         if let Some(expiry) = d.properties.session_expiry_interval {
-            // MQTT-3.14.2-2: a session that was to end with the connection cannot be extended here.
-            if self.terms.session_expiry == 0 && expiry != 0 {
+            // A session the client asked to end with the connection cannot be extended here
+            // (5.0 section 3.14.2.2.2). What counts is the client's CONNECT, not the value
+            // `max_session_expiry` made of it.
+            if self.terms.requested_expiry == 0 && expiry != 0 {
                 warn!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer,
-                    "DISCONNECT sets a session expiry after CONNECT set 0 [MQTT-3.14.2-2]; closing"
+                    "DISCONNECT sets a session expiry after CONNECT set 0; closing"
                 );
                 return Close::error(ReasonCode::PROTOCOL_ERROR);
             }
             let expiry = expiry.min(self.shared.config.mqtt.max_session_expiry);
-            self.terms.session_expiry = expiry;
             self.session.lock().expiry_interval = expiry;
         }
         self.client_disconnect = Some(d.reason);
-        let departure = if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
-            Departure::WithWill
-        } else {
+        // Only a DISCONNECT with 0x00 discards the will [MQTT-3.14.4-3]: a client that leaves
+        // with an error code (0x80 and up) or asks for it (0x04) still has it published
+        // [MQTT-3.1.2-8].
+        let departure = if d.reason == ReasonCode::NORMAL_DISCONNECTION {
             Departure::Normal
+        } else {
+            Departure::WithWill
         };
         info!(client_id = %self.terms.info.client_id, peer = %self.terms.info.peer, reason = %d.reason, "client disconnected");
         Close {

@@ -62,6 +62,14 @@ async fn mqtt_3_1_connect_with_mqisdp_name_is_accepted() {
     let (mut raw, ack) = connected(broker.addr, Protocol::V3_1, "v31", true, |_| {}).await;
     assert!(!ack.session_present);
     ping(&mut raw).await;
+    // 3.1's CONNACK has no Session Present flag (the byte is reserved there), even when a
+    // session is resumed.
+    let (kept, _) = connected(broker.addr, Protocol::V3_1, "v31-kept", false, |_| {}).await;
+    drop(kept);
+    wait_offline(&broker.broker, "v31-kept").await;
+    let (mut raw, ack) = connected(broker.addr, Protocol::V3_1, "v31-kept", false, |_| {}).await;
+    assert!(!ack.session_present);
+    ping(&mut raw).await;
 }
 
 #[tokio::test]

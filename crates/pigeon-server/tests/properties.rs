@@ -392,6 +392,22 @@ async fn subscription_identifiers_travel_with_deliveries() {
     broker.stop().await;
 }
 
+// [MQTT-3.3.4-6]: a PUBLISH from a client must not carry a Subscription Identifier. The broker
+// answers DISCONNECT 0x82 and routes nothing.
+#[tokio::test]
+async fn a_subscription_identifier_from_a_client_is_a_protocol_error() {
+    let broker = Broker::start().await;
+    let mut sub = connect(broker.addr, V5, "sid-watch").await;
+    subscribe(&mut sub, "sid/in", QoS::AtLeastOnce).await;
+    let mut publisher = connect(broker.addr, V5, "sid-sender").await;
+    let mut p = message("sid/in", b"with id", QoS::AtLeastOnce);
+    p.properties.subscription_identifiers = vec![3];
+    publisher.send(&Packet::Publish(p)).await;
+    expect_closed(&mut publisher, ReasonCode::PROTOCOL_ERROR).await;
+    expect_no_publish(&mut sub).await;
+    broker.stop().await;
+}
+
 fn rich_properties() -> PublishProperties {
     PublishProperties {
         payload_format_indicator: Some(1),

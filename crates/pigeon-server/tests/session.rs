@@ -296,6 +296,25 @@ async fn disconnect_setting_expiry_after_connect_had_zero_is_a_protocol_error() 
     assert!(!ack.session_present);
 }
 
+// The rule above is about the client's CONNECT: a client that asked for a session expiry the
+// broker lowered to 0 (`max_session_expiry = 0`) may still send one in DISCONNECT. It is lowered
+// the same way, and the session ends with the connection.
+#[tokio::test]
+async fn disconnect_expiry_is_allowed_when_the_broker_lowered_the_connect_one_to_zero() {
+    let broker = Broker::start_with(|c| c.mqtt.max_session_expiry = 0).await;
+    let (mut sub, ack) = connected(broker.addr, Protocol::V5, "capped", true, expiry(100)).await;
+    assert_eq!(ack.properties.session_expiry_interval, Some(0));
+    subscribe(&mut sub, "capped/t", QoS::AtLeastOnce).await;
+    disconnect(&mut sub, |d| {
+        d.properties.session_expiry_interval = Some(100)
+    })
+    .await;
+    expect_closed(&mut sub).await;
+    wait_offline(&broker.broker, "capped").await;
+    let (_sub, ack) = connected(broker.addr, Protocol::V5, "capped", false, expiry(100)).await;
+    assert!(!ack.session_present);
+}
+
 // [MQTT-4.4.0-1], [MQTT-3.3.1-1]: a QoS 1 PUBLISH the client never acknowledged is sent again
 // after the reconnect, with DUP set and the same packet identifier.
 #[tokio::test]

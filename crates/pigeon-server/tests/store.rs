@@ -156,6 +156,58 @@ async fn a_full_store_answers_quota_exceeded() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// [MQTT-4.4.0-2] (5.0): a QoS 2 message the client refused with a PUBREC of 0x80 or more is
+/// done with; it is not sent again on a reconnect, nor after a restart of the broker.
+#[tokio::test]
+async fn a_message_refused_with_pubrec_is_not_sent_again_after_a_restart() {
+    let dir = temp_dir("refused");
+    let broker = start_embedded(&dir, |_| {}).await;
+    let persistent = |c: &mut pigeon_codec::Connect| {
+        c.properties.session_expiry_interval = Some(600);
+    };
+    let (mut sub, _) =
+        Raw::mqtt_connect(broker.addr, Protocol::V5, "refuser", false, persistent).await;
+    subscribe(&mut sub, "r", QoS::ExactlyOnce).await;
+    let (mut publisher, _) =
+        Raw::mqtt_connect(broker.addr, Protocol::V5, "offerer", true, |_| {}).await;
+    publisher
+        .send(&Packet::Publish(Publish {
+            qos: QoS::ExactlyOnce,
+            topic: ByteStr::from("r"),
+            packet_id: 1,
+            payload: Bytes::from_static(b"unwanted"),
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubRec(_))));
+    let Some(Packet::Publish(p)) = sub.recv().await else {
+        panic!("expected the PUBLISH")
+    };
+    assert_eq!(p.qos, QoS::ExactlyOnce);
+    sub.send(&Packet::PubRec(PubResp {
+        packet_id: p.packet_id,
+        reason: ReasonCode::UNSPECIFIED_ERROR,
+        ..Default::default()
+    }))
+    .await;
+    // A round trip: the PUBREC was handled before the PINGRESP.
+    sub.send(&Packet::PingReq).await;
+    assert_eq!(sub.recv().await, Some(Packet::PingResp));
+    drop(sub);
+    broker.stop().await;
+
+    let broker = start_embedded(&dir, |_| {}).await;
+    let (mut sub, ack) =
+        Raw::mqtt_connect(broker.addr, Protocol::V5, "refuser", false, persistent).await;
+    let Packet::ConnAck(ack) = ack else {
+        panic!("CONNACK")
+    };
+    assert!(ack.session_present, "the session came back from the store");
+    sub.expect_silence(Duration::from_millis(300)).await;
+    broker.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Cycles of 50 persistent sessions that subscribe, get 20 messages each while away, come back
 /// (half of them to read their messages, half to leave at once), and expire. The store file must
 /// stop growing once freed pages are reused.

@@ -142,21 +142,28 @@ async fn will_is_not_published_after_a_normal_disconnect() {
     watcher.expect_silence(Duration::from_millis(200)).await;
 }
 
-// 5.0 section 3.14.2.1: DISCONNECT with 0x04 (Disconnect with Will Message) publishes the will.
+// 5.0 section 3.14.2.1: DISCONNECT with 0x04 (Disconnect with Will Message) publishes the will,
+// and so does one with an error code: only 0x00 discards it [MQTT-3.1.2-8] [MQTT-3.14.4-3].
 #[tokio::test]
-async fn will_is_published_for_disconnect_with_will_message() {
+async fn will_is_published_for_disconnect_with_will_message_or_an_error() {
     let broker = Broker::start().await;
     let mut watcher = watcher(broker.addr).await;
-    let (mut client, _) = connected(broker.addr, Protocol::V5, "leaver", true, |c| {
-        c.will = Some(will("will/t", "asked for", QoS::AtLeastOnce, false));
-    })
-    .await;
-    disconnect(&mut client, |d| {
-        d.reason = ReasonCode::DISCONNECT_WITH_WILL_MESSAGE
-    })
-    .await;
-    expect_closed(&mut client).await;
-    expect_will(&mut watcher, "asked for").await;
+    for (reason, id) in [
+        (ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, "asked for"),
+        (ReasonCode::UNSPECIFIED_ERROR, "unspecified error"),
+        (
+            ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+            "implementation error",
+        ),
+    ] {
+        let (mut client, _) = connected(broker.addr, Protocol::V5, "leaver", true, |c| {
+            c.will = Some(will("will/t", id, QoS::AtLeastOnce, false));
+        })
+        .await;
+        disconnect(&mut client, |d| d.reason = reason).await;
+        expect_closed(&mut client).await;
+        expect_will(&mut watcher, id).await;
+    }
 }
 
 // [MQTT-3.1.2-15] (5.0; MQTT-3.1.2-17 in 3.1.1): a will with Will Retain 1 is published retained,
