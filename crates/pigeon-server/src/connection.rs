@@ -528,6 +528,9 @@ struct Rare {
     /// Acknowledgements waiting for the store to hold what they acknowledge, in the order they
     /// must go out (MQTT-4.6.0-2): (store op number, packet).
     held_acks: VecDeque<(u64, Packet)>,
+    /// Packet ids of in-flight PUBLISHes of a resumed session not yet sent again on this
+    /// connection, in order: the client's Receive Maximum was reached first (`resend_held`).
+    held_resends: VecDeque<u16>,
     /// QoS 0 messages written in one drain, for the delivered hook, which runs after the
     /// session lock is released. Reused between drains.
     delivered: Vec<Arc<Message>>,
@@ -1542,15 +1545,22 @@ where
     }
 
     /// After CONNACK on a resumed session: resend every unacknowledged PUBLISH with DUP and every
-    /// PUBREL, in their original order (MQTT-4.4.0-1).
+    /// PUBREL, in their original order (MQTT-4.4.0-1). No more than the client's Receive Maximum
+    /// (counting the PUBRELs) go at once [MQTT-3.3.4-9]: the new connection may announce a lower
+    /// one than the old. The PUBLISHes beyond it follow as acknowledgements come (`resend_held`).
     fn resend_inflight(&mut self) {
         let session = Arc::clone(&self.session);
         let state = session.lock();
         let now = Instant::now();
+        let window = usize::from(self.send_window);
+        let mut sent = 0;
+        let mut held = VecDeque::new();
         let mut too_large = Vec::new();
         for o in &state.inflight {
             match o.stage {
+                OutStage::Published if sent >= window => held.push_back(o.packet_id),
                 OutStage::Published => {
+                    sent += 1;
                     if !self.write_publish(o, true, now) {
                         too_large.push(o.packet_id);
                     }
@@ -1565,10 +1575,63 @@ where
                 ),
             }
         }
-        // Larger than the Maximum Packet Size of this connection: discarded as if delivered
-        // [MQTT-3.1.2-25] (5.0), so it does not hold an in-flight place forever.
         drop(state);
-        for packet_id in too_large {
+        if !held.is_empty() {
+            self.rare().held_resends = held;
+        }
+        self.discard_too_large(too_large);
+    }
+
+    /// Sends the PUBLISHes `resend_inflight` held back, in order, while the client's Receive
+    /// Maximum has room: the in-flight messages not held are those it counts.
+    fn resend_held(&mut self) {
+        // Again after discarding messages too large to send: that makes room.
+        while self
+            .rare
+            .as_ref()
+            .is_some_and(|r| !r.held_resends.is_empty())
+        {
+            let too_large = self.resend_some_held();
+            if too_large.is_empty() {
+                return;
+            }
+            self.discard_too_large(too_large);
+        }
+    }
+
+    /// One pass of `resend_held`: returns the ids of the messages too large to send.
+    fn resend_some_held(&mut self) -> Vec<u16> {
+        let session = Arc::clone(&self.session);
+        let state = session.lock();
+        let now = Instant::now();
+        let window = usize::from(self.send_window);
+        let mut too_large = Vec::new();
+        while let Some(rare) = self.rare.as_mut() {
+            let outstanding = state.inflight.len().saturating_sub(rare.held_resends.len());
+            if outstanding >= window {
+                break;
+            }
+            let Some(packet_id) = rare.held_resends.pop_front() else {
+                break;
+            };
+            // Gone or moved on meanwhile (a client may answer an id it got before): skipped.
+            let held = state
+                .inflight
+                .iter()
+                .find(|o| o.packet_id == packet_id && o.stage == OutStage::Published);
+            if let Some(o) = held {
+                if !self.write_publish(o, true, now) {
+                    too_large.push(packet_id);
+                }
+            }
+        }
+        too_large
+    }
+
+    /// In-flight messages larger than the Maximum Packet Size of this connection: discarded as if
+    /// delivered [MQTT-3.1.2-25] (5.0), so they do not hold an in-flight place forever.
+    fn discard_too_large(&mut self, packet_ids: Vec<u16>) {
+        for packet_id in packet_ids {
             self.acknowledged(packet_id, OutStage::Published);
         }
     }
@@ -1579,6 +1642,7 @@ where
         if self.io.unwritten() >= WRITE_HIGH_WATER {
             return;
         }
+        self.resend_held();
         let session = Arc::clone(&self.session);
         let mut state = session.lock();
         if state.queue.is_empty() {

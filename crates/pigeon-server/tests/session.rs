@@ -5,7 +5,7 @@ mod common;
 mod support;
 
 use common::Broker;
-use pigeon_codec::{Packet, Protocol, QoS, ReasonCode};
+use pigeon_codec::{Packet, Protocol, Publish, QoS, ReasonCode};
 use std::time::Duration;
 use support::*;
 
@@ -345,6 +345,69 @@ async fn unacknowledged_qos1_is_resent_with_dup_and_same_id_after_reconnect() {
         let (mut sub, _) = connected(broker.addr, protocol, "slow", false, expiry(60)).await;
         sub.expect_silence(Duration::from_millis(100)).await;
     }
+}
+
+// [MQTT-3.3.4-9] (5.0): the messages resent after a reconnect count against the Receive Maximum
+// of the new connection, which may be lower than the old one's. The broker resends that many,
+// and the next one (DUP, its original id) as each is acknowledged, then the queued ones.
+#[tokio::test]
+async fn resent_messages_keep_to_the_new_receive_maximum() {
+    let broker = Broker::start().await;
+    let (mut sub, _) = connected(broker.addr, Protocol::V5, "narrow", true, expiry(60)).await;
+    subscribe(&mut sub, "narrow/t", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = connected(broker.addr, Protocol::V5, "pub", true, |_| {}).await;
+    for i in 1..=4u16 {
+        let text = format!("m{i}");
+        publish(&mut publisher, "narrow/t", &text, QoS::AtLeastOnce, i).await;
+    }
+    let first: Vec<Publish> = vec![
+        expect_publish(&mut sub).await,
+        expect_publish(&mut sub).await,
+        expect_publish(&mut sub).await,
+        expect_publish(&mut sub).await,
+    ];
+    drop(sub); // none acknowledged
+    wait_offline(&broker.broker, "narrow").await;
+    publish(&mut publisher, "narrow/t", "m5", QoS::AtLeastOnce, 5).await;
+
+    let (mut sub, connack) = connected(broker.addr, Protocol::V5, "narrow", false, |c| {
+        c.properties.session_expiry_interval = Some(60);
+        c.properties.receive_maximum = Some(2);
+    })
+    .await;
+    assert!(connack.session_present);
+    let mut window = vec![
+        expect_publish(&mut sub).await,
+        expect_publish(&mut sub).await,
+    ];
+    sub.expect_silence(Duration::from_millis(200)).await;
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let p = window.remove(0);
+        sub.send(&Packet::PubAck(ack(p.packet_id))).await;
+        got.push(p);
+        if got.len() + window.len() < 5 {
+            window.push(expect_publish(&mut sub).await);
+            // No third one while two are unacknowledged.
+            sub.expect_silence(Duration::from_millis(50)).await;
+        }
+    }
+    sub.expect_silence(Duration::from_millis(100)).await;
+    let seen: Vec<_> = got.iter().map(|p| (payload(p).to_owned(), p.dup)).collect();
+    let expected: Vec<_> = [
+        ("m1", true),
+        ("m2", true),
+        ("m3", true),
+        ("m4", true),
+        ("m5", false),
+    ]
+    .iter()
+    .map(|(t, d)| (t.to_string(), *d))
+    .collect();
+    assert_eq!(seen, expected);
+    let ids: Vec<u16> = got[..4].iter().map(|p| p.packet_id).collect();
+    let first_ids: Vec<u16> = first.iter().map(|p| p.packet_id).collect();
+    assert_eq!(ids, first_ids, "resent under their original ids");
 }
 
 // [MQTT-4.4.0-1], [MQTT-4.6.0-6] (5.0): after a reconnect the unacknowledged messages come
