@@ -196,8 +196,8 @@ impl Registry {
 pub enum Departure {
     /// DISCONNECT with 0x00: the will is discarded (MQTT-3.1.2-10).
     Normal,
-    /// Anything else (network loss, keep alive, protocol error, 5.0 DISCONNECT 0x04, takeover):
-    /// the will is published.
+    /// Anything else (network loss, keep alive, protocol error, a 5.0 DISCONNECT with 0x04 or an
+    /// error code, takeover): the will is published.
     WithWill,
     /// The broker is shutting down: the will is not published.
     Shutdown,
