@@ -1193,6 +1193,18 @@ impl Broker {
                 client_id: session.client_id().clone(),
                 record,
             });
+            // A QoS 1 message in flight stays stored as queued while its connection lasts (one
+            // write fewer per message). From here on it keeps its packet id in the store too, so
+            // that after a restart it is resent with that id and DUP [MQTT-4.4.0-1].
+            for o in state.inflight.iter() {
+                if o.delivery.qos == QoS::AtLeastOnce && o.delivery.seq != 0 {
+                    self.persist(&state, || StoreOp::QueuePut {
+                        client_id: session.client_id().clone(),
+                        seq: o.delivery.seq,
+                        entry: store::QueueEntry::in_flight(o),
+                    });
+                }
+            }
             if let Some((will, _)) = &delayed_will {
                 state.set_pending_will(Some(Arc::clone(will)));
             }

@@ -47,9 +47,24 @@ pub struct QueueEntry {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
-    /// Set once a QoS 2 message was sent: it must be resent with the same id.
+    /// Set once a QoS 2 message was sent, and for a QoS 1 message in flight when its connection
+    /// ended: it must be resent with the same id.
     pub packet_id: u16,
     pub stage: Option<OutStage>,
+}
+
+impl QueueEntry {
+    /// The entry of a message in flight, with its packet id and stage.
+    pub fn in_flight(out: &crate::session::Outgoing) -> QueueEntry {
+        QueueEntry {
+            message: Arc::clone(&out.delivery.message),
+            qos: out.delivery.qos,
+            retain: out.delivery.retain,
+            subscription_ids: out.delivery.subscription_ids.clone(),
+            packet_id: out.packet_id,
+            stage: Some(out.stage),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -1378,7 +1378,7 @@ where
                     let op = StoreOp::QueuePut {
                         client_id: self.session.client_id().clone(),
                         seq: o.delivery.seq,
-                        entry: queue_entry(o),
+                        entry: QueueEntry::in_flight(o),
                     };
                     self.shared.broker.persist(&state, || op);
                 }
@@ -1692,12 +1692,14 @@ where
             let written = self.write_publish(&out, false, now);
             if seq != 0 {
                 // QoS 0 is done once written (or dropped); QoS 1 stays stored as queued until its
-                // PUBACK (resent under a new id after a restart, which QoS 1 allows); QoS 2 must
-                // keep its packet id across a restart (MQTT-4.3.3: the receiver deduplicates by id).
+                // PUBACK, and gets its packet id in the store when the connection ends
+                // (`Broker::detach`; after a crash it is resent under a new id, which QoS 1
+                // allows); QoS 2 must keep its packet id across a restart (MQTT-4.3.3: the
+                // receiver deduplicates by id).
                 if !written || out.delivery.qos == QoS::AtMostOnce {
                     self.shared.broker.unstore(client_id, &out.delivery);
                 } else if out.delivery.qos == QoS::ExactlyOnce {
-                    let entry = queue_entry(&out);
+                    let entry = QueueEntry::in_flight(&out);
                     self.shared.broker.persist(&state, || StoreOp::QueuePut {
                         client_id: client_id.clone(),
                         seq,
@@ -2022,16 +2024,4 @@ fn read_keeping<R: AsyncRead + Unpin>(
         keep(filled);
     }
     Poll::Ready(Ok(filled.len()))
-}
-
-/// The stored form of an outgoing message, with its packet id and stage.
-fn queue_entry(out: &Outgoing) -> QueueEntry {
-    QueueEntry {
-        message: Arc::clone(&out.delivery.message),
-        qos: out.delivery.qos,
-        retain: out.delivery.retain,
-        subscription_ids: out.delivery.subscription_ids.clone(),
-        packet_id: out.packet_id,
-        stage: Some(out.stage),
-    }
 }

@@ -2,6 +2,7 @@
 //! graceful restart, and the store's file stops growing under session churn.
 
 mod common;
+mod support;
 
 use bytes::Bytes;
 use common::{Broker, Raw};
@@ -152,6 +153,61 @@ async fn a_full_store_answers_quota_exceeded() {
     // 2,000 bytes hold six 301-byte messages; the rest are refused with 0x97.
     assert_eq!(&reasons[..6], &[ReasonCode::SUCCESS; 6]);
     assert_eq!(&reasons[6..], &[ReasonCode::QUOTA_EXCEEDED; 4]);
+    broker.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// [MQTT-4.4.0-1], [MQTT-3.3.1-1]: QoS 1 messages a client did not acknowledge before it went
+/// away come back after a restart of the broker as they were sent: same packet ids, DUP set, in
+/// order, before what was queued meanwhile.
+#[tokio::test]
+async fn unacknowledged_qos1_keeps_its_packet_id_across_a_restart() {
+    let dir = temp_dir("inflight");
+    let broker = start_embedded(&dir, |_| {}).await;
+    let (mut sub, _) =
+        Raw::mqtt_connect(broker.addr, Protocol::V3_1_1, "forgetful", false, |_| {}).await;
+    subscribe(&mut sub, "f", QoS::AtLeastOnce).await;
+    let (mut publisher, _) =
+        Raw::mqtt_connect(broker.addr, Protocol::V3_1_1, "sender", true, |_| {}).await;
+    for i in 1..=2u16 {
+        publish(&mut publisher, "f", i, format!("m{i}").as_bytes(), false).await;
+    }
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let Some(Packet::Publish(p)) = sub.recv().await else {
+            panic!("expected a PUBLISH")
+        };
+        assert!(!p.dup);
+        first.push((p.packet_id, p.payload));
+    }
+    drop(sub); // no PUBACK
+    support::wait_offline(&broker.broker, "forgetful").await;
+    publish(&mut publisher, "f", 3, b"m3", false).await;
+    broker.stop().await;
+
+    let broker = start_embedded(&dir, |_| {}).await;
+    let (mut sub, _) =
+        Raw::mqtt_connect(broker.addr, Protocol::V3_1_1, "forgetful", false, |_| {}).await;
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        let Some(Packet::Publish(p)) = sub.recv().await else {
+            panic!("expected a PUBLISH")
+        };
+        sub.send(&Packet::PubAck(PubResp {
+            packet_id: p.packet_id,
+            ..Default::default()
+        }))
+        .await;
+        again.push((p.dup, p.packet_id, p.payload));
+    }
+    assert_eq!(
+        again[..2],
+        [
+            (true, first[0].0, first[0].1.clone()),
+            (true, first[1].0, first[1].1.clone()),
+        ]
+    );
+    assert_eq!((again[2].0, &again[2].2[..]), (false, &b"m3"[..]));
     broker.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
