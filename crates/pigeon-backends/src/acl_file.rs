@@ -3,7 +3,8 @@
 //! Format (mosquitto 2.0): `topic [read|write|readwrite|deny] FILTER` (no access word means
 //! readwrite), `user NAME` starts the rules of one user, `topic` lines before any `user` line are
 //! for anonymous clients, `pattern [access] FILTER` applies to every client with `%u` (username)
-//! and `%c` (client id) standing for a whole level, `#` starts a comment. An invalid line stops
+//! and `%c` (client id) standing for the client, as a whole level or within one
+//! (`inbox/%u-mail`), `#` starts a comment. An invalid line stops
 //! the load with its file and line.
 //! Order of decision, as mosquitto: the client's own rules (its user's, or the anonymous ones),
 //! then the patterns; within each, a matching `deny` wins over any allow. No match: Continue
@@ -69,6 +70,8 @@ struct Node {
     username: Option<Box<Node>>,
     /// A pattern level that is exactly `%c`.
     client_id: Option<Box<Node>>,
+    /// Pattern levels with `%u` or `%c` among other text (`%u-inbox`), matched once filled in.
+    templates: Vec<(Box<str>, Node)>,
     /// Rules whose filter ends here.
     here: Grants,
     /// Rules whose filter ends here with `/#` (or is `#`, at the root).
@@ -87,6 +90,16 @@ impl Node {
                 "+" => node.plus.get_or_insert_with(Box::default),
                 "%u" if pattern => node.username.get_or_insert_with(Box::default),
                 "%c" if pattern => node.client_id.get_or_insert_with(Box::default),
+                _ if pattern && is_template(level) => {
+                    let at = match node.templates.iter().position(|(t, _)| **t == *level) {
+                        Some(at) => at,
+                        None => {
+                            node.templates.push((level.into(), Node::default()));
+                            node.templates.len() - 1
+                        }
+                    };
+                    &mut node.templates[at].1
+                }
                 _ => node.literal.entry(level.into()).or_default(),
             };
         }
@@ -138,6 +151,40 @@ struct Subject<'a> {
     client_id: &'a str,
 }
 
+/// A pattern level holding `%u` or `%c` among other text.
+fn is_template(level: &str) -> bool {
+    level != "%u" && level != "%c" && (level.contains("%u") || level.contains("%c"))
+}
+
+/// Whether `level` is `template` with `%u` and `%c` filled in (none for an anonymous client's
+/// `%u`), as mosquitto substitutes them.
+fn fills(template: &str, level: &str, who: &Subject<'_>) -> bool {
+    let mut rest = level;
+    let mut parts = template.split('%');
+    let first = parts.next().unwrap_or("");
+    let Some(after) = rest.strip_prefix(first) else {
+        return false;
+    };
+    rest = after;
+    for part in parts {
+        let (with, text) = if let Some(text) = part.strip_prefix('u') {
+            match who.username {
+                Some(user) => (user, text),
+                None => return false,
+            }
+        } else if let Some(text) = part.strip_prefix('c') {
+            (who.client_id, text)
+        } else {
+            ("%", part)
+        };
+        let Some(after) = rest.strip_prefix(with).and_then(|r| r.strip_prefix(text)) else {
+            return false;
+        };
+        rest = after;
+    }
+    rest.is_empty()
+}
+
 fn split(text: &str) -> (&str, Option<&str>) {
     match text.split_once('/') {
         Some((level, rest)) => (level, Some(rest)),
@@ -175,6 +222,11 @@ fn walk_topic<'r>(
     }
     if let Some(child) = &node.client_id {
         if who.client_id == level {
+            walk_topic(child, rest, false, who, found);
+        }
+    }
+    for (template, child) in &node.templates {
+        if fills(template, level, who) {
             walk_topic(child, rest, false, who, found);
         }
     }
@@ -219,6 +271,11 @@ fn walk_filter<'r>(
             }
             if let Some(child) = &node.client_id {
                 if who.client_id == level {
+                    walk_filter(child, rest, false, who, found);
+                }
+            }
+            for (template, child) in &node.templates {
+                if fills(template, level, who) {
                     walk_filter(child, rest, false, who, found);
                 }
             }
@@ -300,7 +357,7 @@ impl AclRules {
                     }
                     let rule: Arc<str> = format!("{name}:{} `{line}`", i + 1).into();
                     if pattern {
-                        if !filter.split('/').any(|l| l == "%u" || l == "%c") {
+                        if !filter.contains("%u") && !filter.contains("%c") {
                             tracing::warn!("{name}:{}: pattern `{filter}` has no %u or %c level; it applies to every client", i + 1);
                         }
                         rules.patterns.insert(filter, true, access, &rule);
@@ -642,6 +699,27 @@ topic readwrite /p/client/download
             allowed(r.check_topic(Some("b+"), "c", "devices/b+/t", true)),
             Some(false)
         );
+    }
+
+    /// `%u` and `%c` within a level are filled in as mosquitto does; the literal text is not a
+    /// rule of its own.
+    #[test]
+    fn patterns_fill_in_within_a_level() {
+        let r = rules("pattern write w/%u-inbox\npattern read part/x%c/#\n");
+        let write = |user: Option<&str>, topic: &str| {
+            allowed(r.check_topic(user, "c1", topic, true)) == Some(true)
+        };
+        assert!(write(Some("bob"), "w/bob-inbox"));
+        assert!(!write(Some("bob"), "w/alice-inbox"));
+        assert!(!write(Some("bob"), "w/bob-inbox/x"));
+        assert!(!write(Some("bob"), "w/%u-inbox"), "not a literal rule");
+        assert!(!write(None, "w/-inbox"), "anonymous clients have no %u");
+        assert!(!write(Some("bob"), "w/bobby-inbox"));
+        let read = |filter: &str| allowed(r.check_filter(Some("bob"), "c1", filter)) == Some(true);
+        assert!(read("part/xc1/a"));
+        assert!(read("part/xc1/#"));
+        assert!(!read("part/xc2/a"));
+        assert!(!read("part/+/a"));
     }
 
     #[test]
