@@ -33,5 +33,5 @@ mod ws;
 
 pub use config::Config;
 pub use embed::{InProcessError, Pigeon, PigeonBuilder, PigeonHandle, StartError, Subscription};
-pub use server::{AuthReloader, Error, Extensions, Server, TlsReloader};
+pub use server::{check_files, AuthReloader, Error, Extensions, Server, TlsReloader};
 pub use tls::TlsError;

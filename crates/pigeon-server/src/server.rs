@@ -106,6 +106,25 @@ impl AuthReloader {
     }
 }
 
+/// Reads the password and ACL files the configuration names, as `Server::bind` does, without
+/// binding or starting anything: what `pigeon check-config` checks beyond the TOML itself.
+pub fn check_files(config: &Config) -> Result<(), Error> {
+    let auth = &config.auth;
+    if let Some(path) = &auth.password_file {
+        PasswordFile::load(path).map_err(|source| Error::AuthFile {
+            key: "password_file",
+            source,
+        })?;
+    }
+    if let Some(path) = &auth.acl_file {
+        AclFile::load(path).map_err(|source| Error::AuthFile {
+            key: "acl_file",
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// The auth chain the configuration and the Rust extensions describe, in order.
 fn auth_chain(config: &Config, extensions: &Extensions) -> Result<AuthChain, Error> {
     let extra_authenticators = !extensions.authenticators.is_empty();

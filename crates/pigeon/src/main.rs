@@ -143,15 +143,18 @@ fn check_config(file: &Path) -> ExitCode {
     let result = if file == Path::new("-") {
         let mut text = String::new();
         match io::stdin().read_to_string(&mut text) {
-            Ok(_) => Config::from_toml_str(&text, "<stdin>").map(drop),
+            Ok(_) => Config::from_toml_str(&text, "<stdin>"),
             Err(error) => {
                 eprintln!("cannot read standard input: {error}");
                 return ExitCode::from(CONFIG_ERROR);
             }
         }
     } else {
-        Config::load(file).map(drop)
+        Config::load(file)
     };
+    let result = result
+        .map_err(|error| error.to_string())
+        .and_then(|config| pigeon_server::check_files(&config).map_err(|error| chain(&error)));
     match result {
         Ok(()) => {
             let name = if file == Path::new("-") {

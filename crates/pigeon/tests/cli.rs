@@ -103,6 +103,46 @@ fn check_config_names_an_unknown_key() {
     );
 }
 
+/// The password and ACL files the configuration names are read too, as a start would: a bad
+/// line is reported with its file and line, and a missing file by its path.
+#[test]
+fn check_config_reads_the_acl_and_password_files() {
+    let acl = TempFile::new("acl", "topic read a/#\ntopic reed b\n");
+    let config = TempFile::new(
+        "auth.toml",
+        &format!("{GOOD}\n[auth]\nacl_file = \"{}\"\n", acl.display()),
+    );
+    let output = pigeon(&["check-config", &config.display()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("[auth] acl_file") && message.contains(&format!("{}:2", acl.display())),
+        "{message}"
+    );
+    assert!(message.contains("reed"), "{message}");
+    assert!(stdout(&output).is_empty());
+
+    let missing = TempFile::new(
+        "auth-missing.toml",
+        &format!("{GOOD}\n[auth]\npassword_file = \"/nonexistent/pigeon-pw\"\n"),
+    );
+    let output = pigeon(&["check-config", &missing.display()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("[auth] password_file") && message.contains("/nonexistent/pigeon-pw"),
+        "{message}"
+    );
+
+    let good = TempFile::new("acl-good", "topic read a/#\n");
+    let config = TempFile::new(
+        "auth-good.toml",
+        &format!("{GOOD}\n[auth]\nacl_file = \"{}\"\n", good.display()),
+    );
+    let output = pigeon(&["check-config", &config.display()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
 #[test]
 fn check_config_of_a_missing_file() {
     let output = pigeon(&["check-config", "/nonexistent/pigeon.toml"]);
