@@ -1545,9 +1545,11 @@ where
     }
 
     /// After CONNACK on a resumed session: resend every unacknowledged PUBLISH with DUP and every
-    /// PUBREL, in their original order (MQTT-4.4.0-1). No more than the client's Receive Maximum
-    /// (counting the PUBRELs) go at once [MQTT-3.3.4-9]: the new connection may announce a lower
-    /// one than the old. The PUBLISHes beyond it follow as acknowledgements come (`resend_held`).
+    /// PUBREL, in their original order (MQTT-4.4.0-1). No more PUBLISHes than the client's
+    /// Receive Maximum go at once [MQTT-3.3.4-9]: the new connection may announce a lower one
+    /// than the old, and its send quota starts afresh (a PUBREL does not count: its PUBLISH went
+    /// on an earlier connection). The PUBLISHes beyond it follow as acknowledgements come
+    /// (`resend_held`), counted as `drain_queue` counts, everything in flight.
     fn resend_inflight(&mut self) {
         let session = Arc::clone(&self.session);
         let state = session.lock();
