@@ -19,6 +19,7 @@
 //! subscriptions.
 
 use crate::password_file::FileError;
+use crate::redis_auth::expansion;
 use arc_swap::ArcSwap;
 use pigeon_codec::topic::valid_topic_filter;
 use pigeon_core::auth::{Acl, Action, Authorizer, Check, ClientInfo, Reason};
@@ -159,28 +160,15 @@ fn is_template(level: &str) -> bool {
 /// Whether `level` is `template` with `%u` and `%c` filled in (none for an anonymous client's
 /// `%u`), as mosquitto substitutes them.
 fn fills(template: &str, level: &str, who: &Subject<'_>) -> bool {
-    let mut rest = level;
-    let mut parts = template.split('%');
-    let first = parts.next().unwrap_or("");
-    let Some(after) = rest.strip_prefix(first) else {
+    if who.username.is_none() && template.contains("%u") {
         return false;
-    };
-    rest = after;
-    for part in parts {
-        let (with, text) = if let Some(text) = part.strip_prefix('u') {
-            match who.username {
-                Some(user) => (user, text),
-                None => return false,
-            }
-        } else if let Some(text) = part.strip_prefix('c') {
-            (who.client_id, text)
-        } else {
-            ("%", part)
-        };
-        let Some(after) = rest.strip_prefix(with).and_then(|r| r.strip_prefix(text)) else {
-            return false;
-        };
-        rest = after;
+    }
+    let mut rest = level;
+    for piece in expansion(template, who.username.unwrap_or(""), who.client_id) {
+        match rest.strip_prefix(piece) {
+            Some(after) => rest = after,
+            None => return false,
+        }
     }
     rest.is_empty()
 }

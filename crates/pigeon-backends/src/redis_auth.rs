@@ -67,24 +67,39 @@ impl RedisLookup {
 
 /// `%u` and `%c` replaced in one pass, so a username holding `%c` stays as it is.
 pub fn expand(pattern: &str, username: &str, client_id: &str) -> String {
-    let mut out = String::with_capacity(pattern.len() + username.len());
-    let mut rest = pattern;
-    while let Some(i) = rest.find('%') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix('u') {
-            out.push_str(username);
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('c') {
-            out.push_str(client_id);
-            rest = tail;
-        } else {
-            out.push('%');
-            rest = after;
+    expansion(pattern, username, client_id).collect()
+}
+
+/// The pieces of `pattern` with `%u` and `%c` replaced (`expand` without building the string):
+/// text, then what stands for each `%`, in order. A `%` before anything else stays itself.
+pub(crate) fn expansion<'a>(
+    pattern: &'a str,
+    username: &'a str,
+    client_id: &'a str,
+) -> impl Iterator<Item = &'a str> {
+    let mut rest = Some(pattern);
+    let mut pending = None;
+    std::iter::from_fn(move || {
+        if let Some(piece) = pending.take() {
+            return Some(piece);
         }
-    }
-    out.push_str(rest);
-    out
+        let text = rest?;
+        let Some(i) = text.find('%') else {
+            rest = None;
+            return Some(text);
+        };
+        let after = &text[i + 1..];
+        let (with, tail) = if let Some(tail) = after.strip_prefix('u') {
+            (username, tail)
+        } else if let Some(tail) = after.strip_prefix('c') {
+            (client_id, tail)
+        } else {
+            ("%", after)
+        };
+        pending = Some(with);
+        rest = Some(tail);
+        Some(&text[..i])
+    })
 }
 
 fn truthy(value: &str) -> bool {

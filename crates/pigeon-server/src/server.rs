@@ -19,7 +19,7 @@ use pigeon_core::store::{Persistence, Store, SyncPolicy};
 use pigeon_core::{Broker, BrokerSettings, QueueLimits};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -111,18 +111,28 @@ impl AuthReloader {
 pub fn check_files(config: &Config) -> Result<(), Error> {
     let auth = &config.auth;
     if let Some(path) = &auth.password_file {
-        PasswordFile::load(path).map_err(|source| Error::AuthFile {
-            key: "password_file",
-            source,
-        })?;
+        load_password_file(path)?;
     }
     if let Some(path) = &auth.acl_file {
-        AclFile::load(path).map_err(|source| Error::AuthFile {
-            key: "acl_file",
-            source,
-        })?;
+        load_acl_file(path)?;
     }
     Ok(())
+}
+
+/// `[auth] password_file`, with the entries it skipped.
+fn load_password_file(path: &Path) -> Result<(PasswordFile, Vec<String>), Error> {
+    PasswordFile::load(path).map_err(|source| Error::AuthFile {
+        key: "password_file",
+        source,
+    })
+}
+
+/// `[auth] acl_file`.
+fn load_acl_file(path: &Path) -> Result<AclFile, Error> {
+    AclFile::load(path).map_err(|source| Error::AuthFile {
+        key: "acl_file",
+        source,
+    })
 }
 
 /// The auth chain the configuration and the Rust extensions describe, in order.
@@ -140,11 +150,7 @@ fn auth_chain(config: &Config, extensions: &Extensions) -> Result<AuthChain, Err
         match name {
             "password_file" => {
                 let path = auth.password_file.as_ref().expect("listed only when set");
-                let (file, skipped) =
-                    PasswordFile::load(path).map_err(|source| Error::AuthFile {
-                        key: "password_file",
-                        source,
-                    })?;
+                let (file, skipped) = load_password_file(path)?;
                 for warning in skipped {
                     warn!("password_file entry skipped: {warning}");
                 }
@@ -153,10 +159,7 @@ fn auth_chain(config: &Config, extensions: &Extensions) -> Result<AuthChain, Err
             }
             "acl_file" => {
                 let path = auth.acl_file.as_ref().expect("listed only when set");
-                let file = AclFile::load(path).map_err(|source| Error::AuthFile {
-                    key: "acl_file",
-                    source,
-                })?;
+                let file = load_acl_file(path)?;
                 info!(path = %path.display(), rules = file.rule_count(), "acl_file loaded");
                 authorizers.push(Arc::new(file));
             }
